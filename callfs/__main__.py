@@ -1,0 +1,5 @@
+import sys
+
+from callfs.cli import main
+
+sys.exit(main())
