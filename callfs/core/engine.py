@@ -1,0 +1,250 @@
+"""The engine: filesystem semantics in one place (ARCHITECTURE.md). It decides what a request
+may do, takes the path's lock, moves bytes through a backend and records them in the metadata
+store. It never sees HTTP; handlers never see a backend or the database.
+
+Order of a write: bytes first (staged, then published by rename), metadata second, both under
+the path's lock. A reader never sees a half-written file; a metadata row never appears before
+its bytes.
+"""
+import asyncio
+import logging
+
+from callfs._native.pathnorm import ancestors
+from callfs.core import errors, permissions
+from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
+from callfs.locks.base import dir_key, file_key
+
+log = logging.getLogger("callfs.engine")
+
+MAX_UPLOAD = 10 * 1024 ** 3  # API.md §2: 10 GiB per file body
+
+
+class CrossServerConflict(errors.CallFSError):
+    """POST onto an entry owned by another instance (API.md §13.3): answered with its own body."""
+
+    status, code, message = 409, "FILE_ALREADY_EXISTS", "resource exists on another server"
+
+    def __init__(self, existing: Inode, wanted_type: str):
+        super().__init__()
+        self.existing = existing
+        self.wanted_type = wanted_type
+
+
+class Engine:
+    def __init__(self, *, store, locks, backends: dict, default_backend: str, instance_id: str,
+                 file_op_timeout: float | None, metadata_op_timeout: float | None,
+                 file_mode: int = 0o644, dir_mode: int = 0o755):
+        self.store = store
+        self.locks = locks
+        self.backends = backends
+        self.default_backend = default_backend
+        self.instance_id = instance_id
+        self.lock_timeout = file_op_timeout if file_op_timeout and file_op_timeout > 0 else None
+        self.metadata_timeout = (metadata_op_timeout
+                                 if metadata_op_timeout and metadata_op_timeout > 0 else None)
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    async def stat(self, identity: str, path: str) -> Inode:
+        inode = await self._get(path)
+        if inode is None:
+            raise errors.NotFound()
+        return inode
+
+    async def _get(self, path: str) -> Inode | None:
+        if self.metadata_timeout is None:
+            return await self.store.get(path)
+        try:
+            return await asyncio.wait_for(self.store.get(path), self.metadata_timeout)
+        except TimeoutError:
+            raise errors.ServiceUnavailable("metadata store timed out") from None
+
+    def backend_for(self, inode: Inode):
+        backend = self.backends.get(inode.backend)
+        if backend is None:
+            raise errors.InternalError(f"backend {inode.backend} is not configured")
+        return backend
+
+    def open_file(self, identity: str, inode: Inode):
+        """A read handle (fd + size) for a file; NotFound when its bytes are gone."""
+        if not permissions.may_read(identity, inode):
+            raise errors.PermissionDenied()
+        return self.backend_for(inode).open_read(inode.path)
+
+    async def list_directory(self, identity: str, directory: Inode) -> list[Inode]:
+        if not permissions.may_read(identity, directory):
+            raise errors.PermissionDenied()
+        return await self.store.list_children(directory)
+
+    async def list_recursive(self, identity: str, directory: Inode, max_depth: int) -> list[Inode]:
+        """API.md §9.7: each directory's children as one block, then its subdirectories' walks
+        in order; directories deeper than `max_depth` are not listed."""
+        if not permissions.may_read(identity, directory):
+            raise errors.PermissionDenied()
+        if max_depth == 0:
+            return await self.store.list_children(directory)
+        children: dict[int, list[Inode]] = {}
+        for inode in await self.store.list_descendants(directory):
+            children.setdefault(inode.parent_id, []).append(inode)
+        for block in children.values():
+            block.sort(key=_listing_key)
+        items: list[Inode] = []
+        stack = [(directory.id, 0)]
+        while stack:
+            dir_id, level = stack.pop()
+            block = children.get(dir_id, ())
+            items.extend(block)
+            if level < max_depth:
+                subdirs = [(entry.id, level + 1) for entry in block if entry.type == DIRECTORY]
+                stack.extend(reversed(subdirs))
+        return items
+
+    # -- creation ----------------------------------------------------------------------------
+
+    def _ancestor_rows(self, path: str, owner: str, stamp: int, backend: str) -> list[NewInode]:
+        return [NewInode(path=p, type=DIRECTORY, size=0, mode=self.dir_mode, owner=owner,
+                         group=owner, mtime_ns=stamp, backend=backend,
+                         instance_id=self.instance_id if backend == "localfs" else None)
+                for p in ancestors(path)]
+
+    async def _check_create(self, identity: str, path: str, wanted: str) -> Inode | None:
+        """The checks of API.md §9.3/§9.4 that come before any byte is read, in their order.
+        Returns the existing entry, if any."""
+        chain = ancestors(path)
+        found = await self.store.get_many(chain + [path])
+        existing = found.get(path)
+        blocking_file = next((found[p] for p in chain if p in found and found[p].type == FILE), None)
+        if existing is not None and existing.type == FILE and not permissions.may_write(identity, existing):
+            raise errors.PermissionDenied()
+        if blocking_file is not None and not permissions.may_write(identity, blocking_file):
+            raise errors.PermissionDenied()
+        if existing is not None and existing.instance_id not in (None, self.instance_id):
+            raise CrossServerConflict(existing, wanted)
+        if blocking_file is not None:
+            raise errors.NotADirectory("a parent of the path is a file")
+        return existing
+
+    async def create_directory(self, identity: str, path: str) -> bool:
+        """POST with a trailing slash: True when created, False when it already existed."""
+        existing = await self._check_create(identity, path, DIRECTORY)
+        if existing is not None:
+            return self._directory_exists(existing)
+        async with self.locks.hold([dir_key(path)], self.lock_timeout):
+            existing = await self._check_create(identity, path, DIRECTORY)
+            if existing is not None:
+                return self._directory_exists(existing)
+            backend_name = self.default_backend
+            backend = self.backends[backend_name]
+            stamp = now_ns()
+            backend.make_directory(path)
+            entry = NewInode(path=path, type=DIRECTORY, size=0, mode=self.dir_mode, owner=identity,
+                             group=identity, mtime_ns=stamp, backend=backend_name,
+                             instance_id=self.instance_id if backend_name == "localfs" else None)
+            try:
+                await self.store.create(self._ancestor_rows(path, identity, stamp, backend_name), entry)
+            except errors.AlreadyExists as exc:
+                return self._directory_exists(exc.existing)
+            return True
+
+    @staticmethod
+    def _directory_exists(existing: Inode) -> bool:
+        if existing.type != DIRECTORY:
+            raise errors.AlreadyExists("a file exists at this path")
+        return False
+
+    async def create_file(self, identity: str, path: str, body) -> None:
+        """POST without a trailing slash: a new file; never overwrites."""
+        existing = await self._check_create(identity, path, FILE)
+        if existing is not None:
+            raise errors.AlreadyExists()
+        _check_announced_size(body)
+        async with self.locks.hold([file_key(path)], self.lock_timeout):
+            if await self._check_create(identity, path, FILE) is not None:
+                raise errors.AlreadyExists()
+            await self._store_new(identity, path, body)
+
+    async def put_file(self, identity: str, path: str, body) -> bool:
+        """PUT: create (True) or replace the content of an existing file (False)."""
+        existing = await self._check_create(identity, path, FILE)
+        if existing is not None and existing.type == DIRECTORY:
+            raise errors.IsADirectory()
+        _check_announced_size(body)
+        async with self.locks.hold([file_key(path)], self.lock_timeout):
+            existing = await self._check_create(identity, path, FILE)
+            if existing is None:
+                await self._store_new(identity, path, body)
+                return True
+            if existing.type == DIRECTORY:
+                raise errors.IsADirectory()
+            await self._replace(existing, body)
+            return False
+
+    async def _store_new(self, identity: str, path: str, body) -> Inode:
+        backend_name = self.default_backend
+        backend = self.backends[backend_name]
+        size = await self._stage(backend, path, body)
+        stamp = now_ns()
+        entry = NewInode(path=path, type=FILE, size=size, mode=self.file_mode, owner=identity,
+                         group=identity, mtime_ns=stamp, backend=backend_name,
+                         instance_id=self.instance_id if backend_name == "localfs" else None)
+        try:
+            return await self.store.create(self._ancestor_rows(path, identity, stamp, backend_name), entry)
+        except BaseException:
+            # The bytes were published for an entry that could not be recorded: take them back.
+            backend.remove(path, False)
+            raise
+
+    async def _replace(self, existing: Inode, body) -> Inode:
+        backend = self.backend_for(existing)
+        size = await self._stage(backend, existing.path, body)
+        return await self.store.update_content(existing, size, now_ns())
+
+    async def _stage(self, backend, path: str, body) -> int:
+        """Stream the body into a staged object and publish it; returns the size stored."""
+        upload = backend.begin_write(path)
+        try:
+            while True:
+                chunk = await body.read()
+                if not chunk:
+                    break
+                upload.write(chunk)
+                if upload.size > MAX_UPLOAD:
+                    raise errors.PayloadTooLarge()
+        except BaseException:
+            upload.abort()
+            raise
+        await upload.commit()
+        return upload.size
+
+    # -- deletion ----------------------------------------------------------------------------
+
+    async def delete(self, identity: str, path: str) -> None:
+        inode = await self.stat(identity, path)
+        self._check_delete(identity, inode)
+        key = dir_key(path) if inode.type == DIRECTORY else file_key(path)
+        async with self.locks.hold([key], self.lock_timeout):
+            inode = await self.stat(identity, path)
+            self._check_delete(identity, inode)
+            await self.store.delete(inode)
+            try:
+                self.backend_for(inode).remove(path, inode.type == DIRECTORY)
+            except OSError as exc:
+                # Metadata is the truth: the entry is gone; leftover bytes are only untidy.
+                log.warning("bytes of a deleted entry remain: %s", exc)
+
+    @staticmethod
+    def _check_delete(identity: str, inode: Inode) -> None:
+        if not permissions.may_delete(identity, inode) or inode.path == ROOT:
+            raise errors.PermissionDenied()
+
+
+def _listing_key(inode: Inode):
+    return (inode.type != DIRECTORY, inode.name)
+
+
+def _check_announced_size(body) -> None:
+    expected = getattr(body, "expected", None)
+    if expected is not None and expected > MAX_UPLOAD:
+        raise errors.PayloadTooLarge()

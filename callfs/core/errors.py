@@ -1,0 +1,80 @@
+"""One error hierarchy: each class knows its HTTP status and API error code (API.md §8.2).
+
+Handlers raise; the router renders `{"code": ..., "message": ...}`. Engine code translates storage
+exceptions into these at its boundary, so HTTP code never inspects OS or database errors.
+"""
+
+
+class CallFSError(Exception):
+    status = 500
+    code = "INTERNAL_ERROR"
+    message = "an internal error occurred"
+
+    def __init__(self, message: str | None = None):
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
+
+
+class NotFound(CallFSError):
+    status, code, message = 404, "FILE_NOT_FOUND", "file not found"
+
+
+class AlreadyExists(CallFSError):
+    status, code, message = 409, "FILE_ALREADY_EXISTS", "file already exists"
+
+
+class AuthenticationFailed(CallFSError):
+    status, code, message = 401, "AUTHENTICATION_FAILED", "authentication failed"
+
+
+class PermissionDenied(CallFSError):
+    status, code, message = 403, "PERMISSION_DENIED", "permission denied"
+
+
+class BadRequest(CallFSError):
+    status, code, message = 400, "BAD_REQUEST", "bad request"
+
+
+class InvalidPath(CallFSError):
+    status, code, message = 400, "INVALID_PATH", "invalid path"
+
+
+class IsADirectory(CallFSError):
+    status, code, message = 400, "IS_A_DIRECTORY", "path is a directory"
+
+
+class NotADirectory(CallFSError):
+    status, code, message = 409, "NOT_A_DIRECTORY", "not a directory"
+
+
+class DirectoryNotEmpty(CallFSError):
+    status, code, message = 409, "DIRECTORY_NOT_EMPTY", "directory not empty"
+
+
+class PayloadTooLarge(CallFSError):
+    status, code, message = 413, "PAYLOAD_TOO_LARGE", "payload too large"
+
+
+class PreconditionFailed(CallFSError):
+    status, code, message = 412, "PRECONDITION_FAILED", "precondition failed"
+
+
+class RangeNotSatisfiable(CallFSError):
+    status, code, message = 416, "RANGE_NOT_SATISFIABLE", "range not satisfiable"
+
+
+class LockTimeout(CallFSError):
+    status, code, message = 503, "LOCK_TIMEOUT", "the path is locked by another writer; try again"
+
+
+class ServiceUnavailable(CallFSError):
+    status, code, message = 503, "SERVICE_UNAVAILABLE", "a storage service is unavailable"
+
+
+class InternalError(CallFSError):
+    pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection or stopped sending a body; nothing is answered."""

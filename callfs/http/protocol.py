@@ -1,0 +1,484 @@
+"""The HTTP/1.1 connection: an asyncio Protocol on uvloop with httptools' parser.
+
+`data_received` only feeds the parser; the callbacks build a Request per message and queue it.
+One runner task per connection answers the queue in order (pipelining), so responses leave in
+the order requests arrived. Reading pauses when a body buffer or the queue is full and resumes
+as the handler drains it; writing waits on `pause_writing`/`resume_writing`.
+
+Deadlines are fields that a server-wide sweeper checks once a second: the request head must
+arrive within read_timeout (slowloris), a body may not pause longer than read_timeout, a
+stalled client may not block a write longer than write_timeout, and an idle keep-alive
+connection lives 120 s.
+"""
+import asyncio
+import logging
+import os
+from collections import deque
+
+import httptools
+
+from callfs.core.errors import BadRequest, ClientGone
+from callfs.http.request import Body, Request
+from callfs.http.response import Response, date_header, status_line
+
+log = logging.getLogger("callfs.http")
+
+MAX_URL = 64 * 1024
+MAX_HEAD = 1024 * 1024
+MAX_FIELDS = 1000
+MAX_PIPELINE = 32
+DISCARD_LIMIT = 1024 * 1024
+LINGER = 2.0
+FILE_CHUNK = 256 * 1024
+
+_PAUSE_BODY = 1
+_PAUSE_PIPELINE = 2
+_PAUSE_BROKEN = 4
+
+_CLOSE = b"Connection: close\r\n"
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Rejection:
+    """A request the parser refused: answered in turn with a plain-text error, then close."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int):
+        self.status = status
+
+
+class _Reject(Exception):
+    def __init__(self, status: int):
+        self.status = status
+
+
+def _rejection_bytes(status: int) -> bytes:
+    text = status_line(status)[9:-2] + b"\n"
+    return (status_line(status) + date_header() + b"Content-Type: text/plain; charset=utf-8\r\n"
+            + b"Content-Length: %d\r\n" % len(text) + _CLOSE + b"\r\n" + text)
+
+
+class HttpProtocol(asyncio.Protocol):
+    def __init__(self, state):
+        self.state = state
+        self.app = state.app
+        self.loop = state.loop
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pipeline: deque = deque()
+        self.runner: asyncio.Task | None = None
+        self.closed = False
+        self.tls = state.tls
+        self.peer = None
+        self._sock_fd = -1
+        self._dup_fd = -1
+        self._pause = 0
+        # message being parsed
+        self._current: Request | None = None
+        self._url = b""
+        self._headers: dict = {}
+        self._fields = 0
+        self._in_head = False
+        self._head_fed = 0
+        self._upgrade = False
+        # deadlines (loop time; 0 = not running)
+        now = self.loop.time()
+        self._head_start = 0.0
+        self._idle_since = now
+        self._last_read = now
+        self._stall_since = 0.0
+        self._drain_waiter: asyncio.Future | None = None
+        self._writing_paused = False
+
+    # -- connection lifecycle ------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self._sock_fd = sock.fileno() if sock is not None and not self.tls else -1
+        self.peer = transport.get_extra_info("peername")
+        self.state.connections.add(self)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.state.connections.discard(self)
+        gone = ClientGone()
+        if self._current is not None:
+            self._current.body.fail(gone)
+        for item in self.pipeline:
+            if isinstance(item, Request):
+                item.body.fail(gone)
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(gone)
+        self._release_dup()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._pause & _PAUSE_BROKEN:
+            return
+        self._last_read = self.loop.time()
+        was_in_head = self._in_head
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgrade = True
+            self._set_pause(_PAUSE_BROKEN)
+        except _Reject as exc:
+            self._parse_failed(exc.status)
+            return
+        except httptools.HttpParserError as exc:
+            ctx = exc.__context__
+            self._parse_failed(ctx.status if isinstance(ctx, _Reject) else 400)
+            return
+        if self._in_head:
+            self._head_fed = self._head_fed + len(data) if was_in_head else len(data)
+            if self._head_fed > MAX_HEAD:
+                self._parse_failed(431)
+
+    def on_message_begin(self):
+        self._in_head = True
+        self._head_start = self.loop.time()
+        self._idle_since = 0.0
+        self._url = b""
+        self._headers = {}
+        self._fields = 0
+
+    def on_url(self, url: bytes):
+        self._url += url
+        if len(self._url) > MAX_URL:
+            raise _Reject(414)
+
+    def on_header(self, name: bytes, value: bytes):
+        self._fields += 1
+        if self._fields > MAX_FIELDS:
+            raise _Reject(431)
+        name = name.lower()
+        seen = self._headers.get(name)
+        self._headers[name] = value if seen is None else seen + b", " + value
+
+    def on_headers_complete(self):
+        self._in_head = False
+        headers = self._headers
+        length = headers.get(b"content-length")
+        if length is not None and b"transfer-encoding" in headers:
+            raise _Reject(400)  # request smuggling: never trust both
+        expected = None
+        if length is not None:
+            if not length.isdigit():
+                raise _Reject(400)
+            expected = int(length)
+        elif b"transfer-encoding" not in headers:
+            expected = 0
+        parser = self.parser
+        body = Body(self, expected)
+        request = Request(parser.get_method(), self._url, headers, self._fields,
+                          parser.should_keep_alive(), body, self.tls, self.peer)
+        if expected == 0:
+            body.complete = True
+        self._current = request
+        self.pipeline.append(request)
+        if len(self.pipeline) > MAX_PIPELINE:
+            self._set_pause(_PAUSE_PIPELINE)
+        if self.runner is None:
+            self.runner = self.loop.create_task(self._run())
+
+    def on_body(self, data: bytes):
+        self._current.body.feed(data)
+
+    def on_message_complete(self):
+        request = self._current
+        if request is not None:
+            request.body.finish()
+            self._current = None
+
+    def _parse_failed(self, status: int) -> None:
+        self._set_pause(_PAUSE_BROKEN)
+        current = self._current
+        if current is not None and current.body is not None and not self._in_head:
+            # A body that breaks the framing (bad chunk size): its handler fails with 400.
+            current.body.fail(BadRequest("malformed request body"))
+            current.keep_alive = False
+            self._current = None
+            return
+        self._in_head = False
+        self.pipeline.append(_Rejection(status))
+        if self.runner is None:
+            self.runner = self.loop.create_task(self._run())
+
+    def _set_pause(self, flag: int) -> None:
+        if not self._pause and not self.closed:
+            self.transport.pause_reading()
+        self._pause |= flag
+
+    def _clear_pause(self, flag: int) -> None:
+        if self._pause & flag:
+            self._pause &= ~flag
+            if not self._pause and not self.closed:
+                self._last_read = self.loop.time()
+                self.transport.resume_reading()
+
+    # Body flow control, called by Body.
+    def pause_body(self) -> None:
+        self._set_pause(_PAUSE_BODY)
+
+    def resume_body(self) -> None:
+        self._clear_pause(_PAUSE_BODY)
+
+    def body_wanted(self) -> None:
+        """The handler starts reading the body: honour `Expect: 100-continue` now."""
+        request = self.pipeline[0] if self.pipeline else None
+        if (request is not None and request.expect_continue and not request.body.complete
+                and request.body.received == 0 and not self.closed):
+            self.transport.write(_CONTINUE)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def pause_writing(self):
+        self._writing_paused = True
+        self._stall_since = self.loop.time()
+
+    def resume_writing(self):
+        self._writing_paused = False
+        self._stall_since = 0.0
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        if self.closed:
+            raise ClientGone()
+        if self._writing_paused:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    # -- the runner ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while self.pipeline and not self.closed:
+                item = self.pipeline[0]
+                if isinstance(item, _Rejection):
+                    self.transport.write(_rejection_bytes(item.status))
+                    self.close()
+                    return
+                try:
+                    response = await self.app(item)
+                except ClientGone:
+                    self.abort()
+                    return
+                if response is None or self.closed:
+                    self.abort()
+                    return
+                keep = await self._respond(item, response)
+                self.pipeline.popleft()
+                self._clear_pause(_PAUSE_PIPELINE)
+                if not keep:
+                    return
+            if not self.pipeline and self._current is None:
+                self._idle_since = self.loop.time()
+        except ClientGone:
+            self.abort()
+        except Exception:
+            log.exception("connection failed")
+            self.abort()
+        finally:
+            self.runner = None
+
+    def _keep_alive(self, request: Request, response: Response) -> bool:
+        if not request.keep_alive or response.close or self.state.draining or self._upgrade:
+            return False
+        body = request.body
+        if body.complete:
+            return True
+        if request.expect_continue and not body.started:
+            return False  # the client may or may not send the body now: no way to frame it
+        return body.expected is not None and body.expected - body.received <= DISCARD_LIMIT
+
+    async def _respond(self, request: Request, response: Response) -> bool:
+        keep = self._keep_alive(request, response)
+        head_only = request.method == b"HEAD"
+        status = response.status
+        parts = [status_line(status), date_header(), response.headers]
+        no_body = status < 200 or status in (204, 304)
+        chunked = False
+        if response.file is not None:
+            length = response.length
+        elif response.stream is not None:
+            length = response.length
+            chunked = length is None and not head_only
+        else:
+            length = len(response.body) if response.length is None else response.length
+        if not no_body:
+            if chunked:
+                parts.append(_CHUNKED)
+            elif length is not None:
+                parts.append(b"Content-Length: %d\r\n" % length)
+        if not keep:
+            parts.append(_CLOSE)
+        parts.append(b"\r\n")
+        try:
+            if head_only or no_body:
+                self.transport.write(b"".join(parts))
+            elif response.file is not None:
+                self.transport.write(b"".join(parts))
+                await self._send_file(response.file.fd, response.offset, length)
+            elif response.stream is not None:
+                self.transport.write(b"".join(parts))
+                await self._send_stream(response.stream, chunked)
+            else:
+                parts.append(response.body)
+                self.transport.write(b"".join(parts))
+        finally:
+            if response.file is not None:
+                response.file.close()
+        if response.on_sent is not None:
+            response.on_sent()
+        if not request.body.complete:
+            request.body.start_discarding()
+            if keep:
+                await self._await_discard(request.body)
+            elif not self.closed:
+                self._linger()
+            return keep and not self.closed
+        if not keep:
+            self.close()
+        return keep
+
+    async def _await_discard(self, body: Body) -> None:
+        try:
+            while not body.complete:
+                await body.read()
+        except ClientGone:
+            raise
+        except Exception:
+            raise ClientGone() from None
+
+    def _linger(self) -> None:
+        """Half-close, keep reading (and dropping) for a moment, then close: closing with unread
+        data would reset the connection and the client could lose the response."""
+        try:
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self.close()
+            return
+        self._clear_pause(_PAUSE_BROKEN | _PAUSE_BODY | _PAUSE_PIPELINE)
+        self._pause = _PAUSE_BROKEN  # ignore whatever arrives; reading stays on
+        self.loop.call_later(LINGER, self.close)
+
+    async def _send_stream(self, stream, chunked: bool) -> None:
+        async for chunk in stream:
+            if not chunk:
+                continue
+            if chunked:
+                self.transport.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
+            else:
+                self.transport.write(chunk)
+            await self._drain()
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
+
+    async def _send_file(self, fd: int, offset: int, count: int) -> None:
+        if self._sock_fd < 0:
+            await self._send_file_buffered(fd, offset, count)
+            return
+        while count > 0:
+            if self.closed:
+                raise ClientGone()
+            if self.transport.get_write_buffer_size() == 0:
+                try:
+                    sent = os.sendfile(self._sock_fd, fd, offset, count)
+                except BlockingIOError:
+                    sent = -1
+                except InterruptedError:
+                    continue
+                except OSError:
+                    raise ClientGone() from None
+                if sent == 0:
+                    raise ClientGone()  # the file shrank under us: the length promised is wrong
+                if sent > 0:
+                    offset += sent
+                    count -= sent
+                    self._stall_since = 0.0
+                    continue
+            await self._wait_writable()
+
+    async def _send_file_buffered(self, fd: int, offset: int, count: int) -> None:
+        while count > 0:
+            chunk = os.pread(fd, min(count, FILE_CHUNK), offset)
+            if not chunk:
+                raise ClientGone()
+            self.transport.write(chunk)
+            offset += len(chunk)
+            count -= len(chunk)
+            await self._drain()
+
+    async def _wait_writable(self) -> None:
+        """Readiness of the transport's socket through a duplicate descriptor: the event loop
+        refuses a second watcher on the transport's own descriptor."""
+        if self._dup_fd < 0:
+            self._dup_fd = os.dup(self._sock_fd)
+        if not self._stall_since:
+            self._stall_since = self.loop.time()
+        waiter = self.loop.create_future()
+        self._drain_waiter = waiter
+        self.loop.add_writer(self._dup_fd, _set_once, waiter)
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+            if self._dup_fd >= 0:
+                self.loop.remove_writer(self._dup_fd)
+
+    def _release_dup(self) -> None:
+        if self._dup_fd >= 0:
+            self.loop.remove_writer(self._dup_fd)
+            os.close(self._dup_fd)
+            self._dup_fd = -1
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def check_deadlines(self, now: float) -> None:
+        state = self.state
+        if self._in_head:
+            if state.read_timeout and now - self._head_start > state.read_timeout:
+                self.transport.write(_rejection_bytes(408))
+                self.close()
+            return
+        if self._idle_since:
+            if now - self._idle_since > state.idle_timeout:
+                self.close()
+            return
+        if self._stall_since and state.write_timeout and now - self._stall_since > state.write_timeout:
+            self.abort()
+            return
+        current = self._current
+        if (current is not None and not self._pause and state.read_timeout
+                and now - self._last_read > state.read_timeout):
+            current.body.fail(ClientGone())
+            self.abort()
+
+    def shutdown(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their response."""
+        if self._idle_since or (not self.pipeline and self._current is None and not self._in_head):
+            self.close()
+
+
+def _set_once(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

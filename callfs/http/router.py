@@ -1,0 +1,133 @@
+"""Method + route → handler, with authentication, path resolution and the headers every
+response carries (API.md §1–§5). Errors raised below are rendered here, once."""
+import logging
+import random
+import re
+
+import orjson
+
+from callfs._native.pathnorm import MalformedURL, PathError, normalize_url_path
+from callfs.core import errors
+from callfs.core.errors import CallFSError, ClientGone
+from callfs.http.response import JSON, Response, header_lines, text_response
+
+log = logging.getLogger("callfs.http")
+
+SECURITY_HEADERS = header_lines([
+    ("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; "
+     "img-src 'self' data:; object-src 'none'; base-uri 'self'; form-action 'self'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "strict-origin-when-cross-origin"),
+    ("Permissions-Policy", "geolocation=(), microphone=(), camera=(), payment=(), usb=(), "
+     "magnetometer=(), gyroscope=(), accelerometer=()"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Embedder-Policy", "require-corp"),
+])
+HSTS = b"Strict-Transport-Security: max-age=31536000; includeSubDomains; preload\r\n"
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}\Z")
+_HEALTH_BODY = b'{"status":"ok"}'
+_NOT_FOUND = "404 page not found\n"
+
+_FILES, _FILES_SLASH = b"/v1/files", b"/v1/files/"
+_WS = b"/v1/files/ws/"
+_DIRS, _DIRS_SLASH = b"/v1/directories", b"/v1/directories/"
+_FILE_METHODS = {b"GET": "get", b"HEAD": "head", b"POST": "post", b"PUT": "put",
+                 b"DELETE": "delete"}
+
+
+def error_response(exc: CallFSError) -> Response:
+    body = orjson.dumps({"code": exc.code, "message": exc.message})
+    return Response(exc.status, JSON, body)
+
+
+def method_not_allowed(*allowed: str) -> Response:
+    return Response(405, header_lines(("Allow", method) for method in allowed))
+
+
+class Router:
+    def __init__(self, *, auth, files, directories, system):
+        self.auth = auth
+        self.files = files
+        self.directories = directories
+        self.system = system
+
+    async def __call__(self, request) -> Response:
+        given = request.headers.get(b"x-request-id")
+        if given is not None and _CLIENT_ID.match(given):
+            request.request_id = given.decode()
+        else:
+            request.request_id = "%016x" % random.getrandbits(64)
+        try:
+            response = await self._dispatch(request)
+        except CallFSError as exc:
+            if exc.status >= 500:
+                log.error("request failed", extra={"request_id": request.request_id,
+                                                   "error": str(exc)})
+            response = error_response(exc)
+        except ClientGone:
+            raise
+        except Exception:
+            log.exception("unexpected failure", extra={"request_id": request.request_id})
+            response = error_response(errors.InternalError())
+        extra = SECURITY_HEADERS + b"X-Request-ID: " + request.request_id.encode() + b"\r\n"
+        if request.tls:
+            extra += HSTS
+        response.headers += extra
+        return response
+
+    async def _dispatch(self, request) -> Response:
+        raw = request.path
+        method = request.method
+        if raw.startswith(b"/v1/") or raw == b"/v1":
+            return await self._v1(request, raw, method)
+        if raw == b"/health":
+            if method != b"GET":
+                return method_not_allowed("GET")
+            return Response(200, JSON, _HEALTH_BODY)
+        if raw == b"/metrics":
+            request.identity = self._identify(request)
+            return await self.system.metrics(request)
+        return text_response(404, _NOT_FOUND)
+
+    def _identify(self, request) -> str:
+        identity = self.auth.identify(request.headers.get(b"authorization"))
+        if identity is None:
+            raise errors.AuthenticationFailed()
+        return identity
+
+    async def _v1(self, request, raw: bytes, method: bytes) -> Response:
+        if raw == _FILES or raw.startswith(_FILES_SLASH):
+            handler_name = _FILE_METHODS.get(method)
+            if method == b"GET" and raw.startswith(_WS):
+                return await self._with_path(request, raw, len(_FILES), self.system.websocket)
+            if handler_name is None:
+                self._identify_first(request)
+                return method_not_allowed("GET", "HEAD", "POST", "PUT", "DELETE")
+            handler = getattr(self.files, handler_name)
+            return await self._with_path(request, raw, len(_FILES), handler)
+        if raw == _DIRS or raw.startswith(_DIRS_SLASH):
+            if method != b"GET":
+                self._identify_first(request)
+                return method_not_allowed("GET")
+            return await self._with_path(request, raw, len(_DIRS), self.directories.get)
+        self._identify_first(request)
+        return text_response(404, _NOT_FOUND)
+
+    def _identify_first(self, request) -> None:
+        request.identity = self._identify(request)
+
+    async def _with_path(self, request, raw: bytes, prefix: int, handler) -> Response:
+        # A malformed escape is refused before authentication, a rule-breaking path after it.
+        path_error = None
+        try:
+            path, trailing = normalize_url_path(raw[prefix:])
+        except MalformedURL:
+            return Response(400, b"Content-Type: text/plain; charset=utf-8\r\n",
+                            b"400 Bad Request", close=True)
+        except PathError as exc:
+            path_error = exc
+        request.identity = self._identify(request)
+        if path_error is not None:
+            raise errors.InvalidPath()
+        return await handler(request, path, trailing)

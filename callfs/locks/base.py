@@ -1,0 +1,34 @@
+"""The lock manager protocol: per-path exclusive locks for writers (ARCHITECTURE.md, Locks).
+
+Keys follow the Redis layout of API.md §13.5: `file:<path>` for file writes, `dir:<path>` for
+directory creation and deletion. A lease carries a fencing number that grows with every
+acquisition, so a writer can prove it is newer than the one before it.
+"""
+from typing import Protocol
+
+
+def file_key(path: str) -> str:
+    return "file:" + path
+
+
+def dir_key(path: str) -> str:
+    return "dir:" + path
+
+
+class Lease(Protocol):
+    fence: int
+
+    async def release(self) -> None: ...
+
+
+class LockManager(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def hold(self, keys: list[str], timeout: float | None):
+        """Async context manager holding every key (taken in one global order); yields a Lease.
+
+        Waits while another holder has a key; raises LockTimeout after `timeout` seconds
+        (None or <= 0: wait without limit).
+        """

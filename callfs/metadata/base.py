@@ -1,0 +1,41 @@
+"""The metadata store protocol: the namespace's source of truth (ARCHITECTURE.md, Storage).
+
+Every store (SQLite, PostgreSQL) implements the same operations with the same guarantees:
+a creation is atomic with the creation of its missing ancestors, and a path is unique.
+"""
+from typing import Protocol
+
+from callfs.core.model import Inode, NewInode
+
+
+class MetadataStore(Protocol):
+    backend_name: str
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations; the root directory exists afterwards."""
+
+    async def close(self) -> None: ...
+
+    async def get(self, path: str) -> Inode | None: ...
+
+    async def get_many(self, paths: list[str]) -> dict[str, Inode]:
+        """The entries that exist among `paths`, keyed by path (one round trip)."""
+
+    async def list_children(self, directory: Inode) -> list[Inode]:
+        """Immediate children, directories first, then files, each by name in byte order."""
+
+    async def list_descendants(self, directory: Inode) -> list[Inode]:
+        """Every entry strictly below `directory`, in any order."""
+
+    async def create(self, ancestors: list[NewInode], entry: NewInode) -> Inode:
+        """Create `entry` and any of `ancestors` (root first) that are missing, atomically.
+
+        Raises NotADirectory when an ancestor exists as a file, AlreadyExists when `entry`
+        exists (carrying the existing inode as `.existing`).
+        """
+
+    async def update_content(self, inode: Inode, size: int, mtime_ns: int) -> Inode:
+        """Record new content of a file: size, mtime, version + 1. NotFound if it is gone."""
+
+    async def delete(self, inode: Inode) -> None:
+        """Remove an entry; DirectoryNotEmpty for a directory with children, NotFound if gone."""

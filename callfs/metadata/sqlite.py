@@ -1,0 +1,224 @@
+"""SQLite metadata store: the embedded default, correct across the worker processes of one host.
+
+Reads run on the event loop's thread (WAL readers never wait for writers; a point lookup costs
+microseconds). Writes run on one dedicated thread, because a durable commit waits for fsync and
+another process may hold the write lock for a while.
+"""
+import asyncio
+import os
+import sqlite3
+import threading
+from calendar import timegm
+from concurrent.futures import ThreadPoolExecutor
+
+from callfs.core import errors
+from callfs.core.model import DIRECTORY, Inode, NewInode, now_ns, parse_rfc3339, rfc3339_nanos
+from callfs.metadata.migrate import migration_files, split_statements
+
+_COLUMNS = ("id, path, parent_id, name, type, size, mode, owner, group_name, mtime, ctime, "
+            "backend_type, callfs_instance_id, version")
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def _fast_ns(text: str) -> int:
+    # Our own stored form is fixed-width; anything else goes through the general parser.
+    if len(text) == 30 and text[19] == "." and text[29] == "Z":
+        try:
+            secs = timegm((int(text[0:4]), int(text[5:7]), int(text[8:10]),
+                           int(text[11:13]), int(text[14:16]), int(text[17:19]), 0, 0, 0))
+            return secs * 1_000_000_000 + int(text[20:29])
+        except ValueError:
+            pass
+    return parse_rfc3339(text)
+
+
+def _inode(row) -> Inode:
+    return Inode(
+        id=row[0], path=row[1], parent_id=row[2], name=row[3], type=row[4], size=row[5],
+        mode=int(row[6], 8), owner=row[7], group=row[8] if row[8] is not None else row[7],
+        mtime_ns=_fast_ns(row[9]), ctime_ns=_fast_ns(row[10]), backend=row[11],
+        instance_id=row[12], version=row[13],
+    )
+
+
+class SQLiteStore:
+    backend_name = "sqlite"
+
+    def __init__(self, path: str, *, durable: bool = True):
+        self._path = path
+        self._durable = durable
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callfs-sqlite")
+        self._write_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                               timeout=_BUSY_TIMEOUT_MS / 1000)
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
+        return conn
+
+    async def open(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self._path))
+        os.makedirs(parent, exist_ok=True)
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        try:
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+            self._reader = self._connect()
+        except sqlite3.Error as exc:
+            raise errors.ServiceUnavailable(f"metadata store: {exc}") from exc
+
+    def _migrate(self) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                         "(version INTEGER NOT NULL PRIMARY KEY, dirty INTEGER NOT NULL)")
+            row = conn.execute("SELECT version, dirty FROM schema_migrations").fetchone()
+            current = row[0] if row else 0
+            if row and row[1]:
+                raise sqlite3.DatabaseError(f"schema version {current} is marked dirty")
+            for number, _name, sql in migration_files("sqlite"):
+                if number <= current:
+                    continue
+                for stmt in split_statements(sql):
+                    conn.execute(stmt)
+                conn.execute("DELETE FROM schema_migrations")
+                conn.execute("INSERT INTO schema_migrations (version, dirty) VALUES (?, 0)", (number,))
+            stamp = rfc3339_nanos(now_ns())
+            conn.execute(
+                "INSERT OR IGNORE INTO inodes (parent_id, name, path, type, size, mode, owner, group_name,"
+                " atime, mtime, ctime, backend_type, callfs_instance_id, created_at, updated_at)"
+                " VALUES (NULL, '', '/', 'directory', 0, '1777', 'root', 'root', ?, ?, ?, 'localfs',"
+                " NULL, ?, ?)", (stamp, stamp, stamp, stamp, stamp))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        await self._run(self._close_sync)
+        self._pool.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _read(self, sql: str, params=()) -> list:
+        try:
+            return self._reader.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise errors.ServiceUnavailable(f"metadata store: {exc}") from exc
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, path: str) -> Inode | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM inodes WHERE path = ?", (path,))
+        return _inode(rows[0]) if rows else None
+
+    async def get_many(self, paths: list[str]) -> dict[str, Inode]:
+        if not paths:
+            return {}
+        marks = ",".join("?" * len(paths))
+        rows = self._read(f"SELECT {_COLUMNS} FROM inodes WHERE path IN ({marks})", paths)
+        return {row[1]: _inode(row) for row in rows}
+
+    async def list_children(self, directory: Inode) -> list[Inode]:
+        rows = self._read(f"SELECT {_COLUMNS} FROM inodes WHERE parent_id = ? ORDER BY type, name",
+                          (directory.id,))
+        return [_inode(row) for row in rows]
+
+    async def list_descendants(self, directory: Inode) -> list[Inode]:
+        # Path range on the unique index: '/a/' <= path < '/a0' ('0' follows '/').
+        low = "/" if directory.path == "/" else directory.path + "/"
+        high = "0" if directory.path == "/" else directory.path + "0"
+        rows = self._read(f"SELECT {_COLUMNS} FROM inodes WHERE path > ? AND path < ?", (low, high))
+        return [_inode(row) for row in rows if row[1] != "/"]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _transaction(self, fn, *args):
+        conn = self._writer
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise errors.ServiceUnavailable(f"metadata store: {exc}") from exc
+            try:
+                result = fn(conn, *args)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+
+    async def create(self, ancestors: list[NewInode], entry: NewInode) -> Inode:
+        return await self._run(self._transaction, self._create_tx, ancestors, entry)
+
+    def _create_tx(self, conn, ancestors: list[NewInode], entry: NewInode) -> Inode:
+        parent_id = None
+        for item in ancestors:
+            row = conn.execute("SELECT id, type FROM inodes WHERE path = ?", (item.path,)).fetchone()
+            if row is None:
+                parent_id = self._insert(conn, item, parent_id)
+            elif row[1] != DIRECTORY:
+                raise errors.NotADirectory("a parent of the path is a file")
+            else:
+                parent_id = row[0]
+        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE path = ?", (entry.path,)).fetchone()
+        if row is not None:
+            exc = errors.AlreadyExists()
+            exc.existing = _inode(row)
+            raise exc
+        new_id = self._insert(conn, entry, parent_id)
+        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (new_id,)).fetchone()
+        return _inode(row)
+
+    @staticmethod
+    def _insert(conn, item: NewInode, parent_id: int | None) -> int:
+        stamp = rfc3339_nanos(item.mtime_ns)
+        name = item.path.rsplit("/", 1)[1]
+        cur = conn.execute(
+            "INSERT INTO inodes (parent_id, name, path, type, size, mode, owner, group_name, atime,"
+            " mtime, ctime, backend_type, callfs_instance_id, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (parent_id, name, item.path, item.type, item.size, f"{item.mode:04o}", item.owner,
+             item.group, stamp, stamp, stamp, item.backend, item.instance_id, stamp, stamp))
+        return cur.lastrowid
+
+    async def update_content(self, inode: Inode, size: int, mtime_ns: int) -> Inode:
+        return await self._run(self._transaction, self._update_content_tx, inode, size, mtime_ns)
+
+    def _update_content_tx(self, conn, inode: Inode, size: int, mtime_ns: int) -> Inode:
+        stamp = rfc3339_nanos(mtime_ns)
+        cur = conn.execute(
+            "UPDATE inodes SET size = ?, mtime = ?, updated_at = ?, version = version + 1"
+            " WHERE id = ? AND type = 'file'", (size, stamp, stamp, inode.id))
+        if cur.rowcount != 1:
+            raise errors.NotFound()
+        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (inode.id,)).fetchone()
+        return _inode(row)
+
+    async def delete(self, inode: Inode) -> None:
+        await self._run(self._transaction, self._delete_tx, inode)
+
+    def _delete_tx(self, conn, inode: Inode) -> None:
+        if conn.execute("SELECT 1 FROM inodes WHERE parent_id = ? LIMIT 1", (inode.id,)).fetchone():
+            raise errors.DirectoryNotEmpty()
+        cur = conn.execute("DELETE FROM inodes WHERE id = ?", (inode.id,))
+        if cur.rowcount != 1:
+            raise errors.NotFound()

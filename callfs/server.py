@@ -1,0 +1,305 @@
+"""`callfs server`: prepare once, then serve from N worker processes sharing the port.
+
+The master validates what can fail (store reachable and migrated, local root, certificates,
+the address), removes temporaries left by a crash, and only then forks. Each worker binds its
+own SO_REUSEPORT socket, so the kernel spreads connections. A worker that dies is replaced;
+SIGTERM/SIGINT drain every worker within the deadline and exit 0.
+"""
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+
+import uvloop
+
+from callfs.api.directories import DirectoriesAPI
+from callfs.api.files import FilesAPI
+from callfs.api.system import SystemAPI
+from callfs.backends.localfs import LocalFSBackend
+from callfs.core.engine import Engine
+from callfs.http.auth import Authenticator
+from callfs.http.protocol import HttpProtocol
+from callfs.http.router import Router
+from callfs.locks.local import LocalLockManager
+from callfs.metadata.sqlite import SQLiteStore
+from callfs.observability import logging as structured
+
+log = logging.getLogger("callfs.server")
+
+DRAIN_SECONDS = 30.0
+IDLE_SECONDS = 120.0
+_RESTART_WINDOW = 10.0
+_RESTART_LIMIT = 10
+
+
+class StartupError(Exception):
+    pass
+
+
+class ServerState:
+    """What every connection of one worker shares."""
+
+    def __init__(self, app, loop, *, tls: bool, read_timeout: float, write_timeout: float):
+        self.app = app
+        self.loop = loop
+        self.tls = tls
+        self.read_timeout = max(read_timeout, 0.0)
+        self.write_timeout = max(write_timeout, 0.0)
+        self.idle_timeout = IDLE_SECONDS
+        self.connections: set[HttpProtocol] = set()
+        self.draining = False
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.check_deadlines(now)
+
+
+# -- preparation (master) --------------------------------------------------------------------
+
+def _uses_tls(cfg) -> bool:
+    protocol = cfg.server.protocol
+    if protocol == "https":
+        return True
+    return protocol == "auto" and bool(cfg.server.cert_file) and bool(cfg.server.key_file)
+
+
+def _ssl_context(cfg) -> ssl.SSLContext | None:
+    if not _uses_tls(cfg):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cfg.server.cert_file, cfg.server.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"failed to load TLS certificate: {exc}") from exc
+    return context
+
+
+def parse_listen_addr(addr: str) -> tuple[str | None, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise StartupError(f"invalid server.listen_addr {addr!r}: want host:port")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def listen_socket(addr: str, *, bind_only: bool = False) -> socket.socket:
+    host, port = parse_listen_addr(addr)
+    try:
+        if host is None:
+            family, address = (socket.AF_INET6, ("::", port)) if socket.has_ipv6 else (
+                socket.AF_INET, ("0.0.0.0", port))
+        else:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            family, address = info[0], info[4]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        if family == socket.AF_INET6 and host is None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if not bind_only:
+            sock.listen(1024)
+            sock.setblocking(False)
+        return sock
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
+
+
+def _check_supported(cfg) -> None:
+    if cfg.metadata_store.type != "sqlite":
+        raise StartupError(f"metadata_store.type {cfg.metadata_store.type} is not available in "
+                           "this build; use sqlite")
+    if cfg.dlm.type != "local":
+        raise StartupError(f"dlm.type {cfg.dlm.type} is not available in this build; use local")
+
+
+def _build_store(cfg):
+    return SQLiteStore(cfg.metadata_store.sqlite_path, durable=cfg.backend.localfs_fsync)
+
+
+async def _prepare(cfg) -> int:
+    backend = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
+    try:
+        await backend.open()
+    except OSError as exc:
+        raise StartupError(f"cannot create the local root {cfg.backend.localfs_root_path}: "
+                           f"{exc.strerror or exc}") from exc
+    store = _build_store(cfg)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise StartupError(f"cannot open the metadata store: {exc}") from exc
+    await store.close()
+    return backend.sweep_temporaries()
+
+
+# -- a worker --------------------------------------------------------------------------------
+
+def _octal(text: str, fallback: int) -> int:
+    try:
+        return int(text, 8)
+    except (TypeError, ValueError):
+        return fallback
+
+
+async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    store = _build_store(cfg)
+    await store.open()
+    locks = LocalLockManager(lock_fd)
+    await locks.open()
+    localfs = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
+    engine = Engine(
+        store=store, locks=locks, backends={"localfs": localfs},
+        default_backend=cfg.backend.default_backend or "localfs",
+        instance_id=cfg.instance_discovery.instance_id,
+        file_op_timeout=cfg.server.file_op_timeout,
+        metadata_op_timeout=cfg.server.metadata_op_timeout,
+        file_mode=_octal(cfg.auth.default_file_mode, 0o644),
+        dir_mode=_octal(cfg.auth.default_dir_mode, 0o755),
+    )
+    auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret)
+    router = Router(auth=auth, files=FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {})),
+                    directories=DirectoriesAPI(engine), system=SystemAPI())
+    context = _ssl_context(cfg)
+    state = ServerState(router, loop, tls=context is not None,
+                        read_timeout=cfg.server.read_timeout, write_timeout=cfg.server.write_timeout)
+    server = await loop.create_server(lambda: HttpProtocol(state), sock=sock, ssl=context,
+                                      backlog=1024)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    sweeper = loop.create_task(state.sweep_forever())
+    log.info("serving", extra={"pid": os.getpid(), "listen": cfg.server.listen_addr,
+                               "tls": context is not None})
+    await stop.wait()
+    await _drain(server, state)
+    sweeper.cancel()
+    await store.close()
+
+
+async def _drain(server, state: ServerState) -> None:
+    server.close()
+    state.draining = True
+    deadline = state.loop.time() + DRAIN_SECONDS
+    while state.connections and state.loop.time() < deadline:
+        for conn in list(state.connections):
+            conn.shutdown()
+        await asyncio.sleep(0.05)
+    for conn in list(state.connections):
+        conn.abort()
+    log.info("stopped", extra={"pid": os.getpid()})
+
+
+def _run_worker(cfg, lock_fd: int, sock: socket.socket) -> int:
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_worker_main(cfg, lock_fd, sock))
+        return 0
+    except Exception:
+        log.exception("worker failed")
+        return 1
+
+
+# -- the master ------------------------------------------------------------------------------
+
+def serve(loaded, workers: int | None = None) -> int:
+    cfg = loaded.config
+    structured.setup(cfg.log.level, cfg.log.format)
+    if loaded.unknown_keys:
+        log.warning("unknown configuration keys ignored", extra={"keys": loaded.unknown_keys})
+    if cfg.auth.api_keys:
+        log.warning("auth.api_keys identities depend on list order; prefer auth.api_key_users")
+    workers = workers or os.cpu_count() or 1
+    try:
+        _check_supported(cfg)
+        swept = asyncio.run(_prepare(cfg))
+        if swept:
+            log.info("removed temporary files left by an interrupted write", extra={"count": swept})
+        _ssl_context(cfg)
+        holder = listen_socket(cfg.server.listen_addr, bind_only=True)
+    except StartupError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    lock_fd = LocalLockManager.shared_file()
+    if workers == 1:
+        sock = listen_socket(cfg.server.listen_addr)
+        holder.close()
+        return _run_worker(cfg, lock_fd, sock)
+    return _supervise(cfg, lock_fd, workers, holder)
+
+
+def _spawn(cfg, lock_fd: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            sock = listen_socket(cfg.server.listen_addr)
+            code = _run_worker(cfg, lock_fd, sock)
+        except BaseException:
+            log.exception("worker failed to start")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    return pid
+
+
+def _supervise(cfg, lock_fd: int, workers: int, holder: socket.socket) -> int:
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    children = {_spawn(cfg, lock_fd) for _ in range(workers)}
+    holder.close()
+    restarts: list[float] = []
+    exit_code = 0
+    while children and not stopping:
+        time.sleep(0.1)
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
+                continue
+            children.discard(pid)
+            if stopping:
+                continue
+            log.error("worker exited; starting another", extra={"pid": pid, "status": status})
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < _RESTART_WINDOW] + [now]
+            if len(restarts) > _RESTART_LIMIT:
+                log.error("workers keep failing; stopping")
+                stopping = True
+                exit_code = 1
+                break
+            children.add(_spawn(cfg, lock_fd))
+    for pid in children:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_SECONDS + 5
+    while children and time.monotonic() < deadline:
+        for pid in list(children):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                children.discard(pid)
+        time.sleep(0.05)
+    for pid in children:
+        _signal(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return exit_code
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
