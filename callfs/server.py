@@ -142,13 +142,6 @@ async def _prepare(cfg) -> int:
 
 # -- a worker --------------------------------------------------------------------------------
 
-def _octal(text: str, fallback: int) -> int:
-    try:
-        return int(text, 8)
-    except (TypeError, ValueError):
-        return fallback
-
-
 async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     store = _build_store(cfg)
@@ -162,8 +155,8 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
         instance_id=cfg.instance_discovery.instance_id,
         file_op_timeout=cfg.server.file_op_timeout,
         metadata_op_timeout=cfg.server.metadata_op_timeout,
-        file_mode=_octal(cfg.auth.default_file_mode, 0o644),
-        dir_mode=_octal(cfg.auth.default_dir_mode, 0o755),
+        file_mode=cfg.auth.default_file_mode,
+        dir_mode=cfg.auth.default_dir_mode,
     )
     auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret)
     router = Router(auth=auth, files=FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {})),
@@ -215,8 +208,8 @@ def serve(loaded, workers: int | None = None) -> int:
     structured.setup(cfg.log.level, cfg.log.format)
     if loaded.unknown_keys:
         log.warning("unknown configuration keys ignored", extra={"keys": loaded.unknown_keys})
-    if cfg.auth.api_keys:
-        log.warning("auth.api_keys identities depend on list order; prefer auth.api_key_users")
+    for warning in loaded.warnings:
+        log.warning("configuration", extra={"detail": warning})
     workers = workers or os.cpu_count() or 1
     try:
         _check_supported(cfg)

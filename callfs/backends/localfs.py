@@ -8,12 +8,21 @@ import asyncio
 import errno
 import os
 import secrets
+import stat
 
 from callfs.core import errors
 
 TMP_PREFIX = ".callfs-tmp-"
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
+_SHORT_PATH = 3800  # bytes-ish: well under PATH_MAX (4096) for an absolute path string
+
+
+def _is_dir(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 class ReadHandle:
@@ -30,13 +39,16 @@ class ReadHandle:
 
 
 class LocalUpload:
-    """One staged file. `write` appends synchronously (page-cache writes are short);
-    `commit` does the slow part, fsync, off the event loop."""
+    """One staged file, named relative to its directory's descriptor. `write` appends
+    synchronously (page-cache writes are short); `commit` does the slow part, fsync, off the
+    event loop."""
 
-    def __init__(self, target: str, tmp: str, fd: int, durable: bool):
-        self.target = target
-        self.tmp = tmp
-        self.fd = fd
+    def __init__(self, dir_fd: int, name: str, durable: bool):
+        self.dir_fd = dir_fd
+        self.name = name
+        self.tmp = TMP_PREFIX + secrets.token_hex(8)
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                          _FILE_MODE, dir_fd=dir_fd)
         self.size = 0
         self._durable = durable
 
@@ -53,29 +65,29 @@ class LocalUpload:
                 await asyncio.to_thread(os.fsync, self.fd)
             os.close(self.fd)
             self.fd = -1
-            os.rename(self.tmp, self.target)
+            try:
+                os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            except IsADirectoryError:
+                raise errors.AlreadyExists("a directory exists at this path") from None
+            self.tmp = None
             if self._durable:
-                await asyncio.to_thread(_fsync_dir, os.path.dirname(self.target))
-        except BaseException:
+                await asyncio.to_thread(os.fsync, self.dir_fd)
+        finally:
             self.abort()
-            raise
 
     def abort(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 class LocalFSBackend:
@@ -94,23 +106,63 @@ class LocalFSBackend:
             raise errors.InternalError("the local backend is disabled (backend.localfs_root_path)")
         return self.root + path if path != "/" else self.root
 
-    def open_read(self, path: str) -> ReadHandle:
+    def _parent(self, path: str, create: bool) -> tuple[int, str]:
+        """A descriptor of the parent directory of `path` and the entry's name in it.
+
+        Short paths open the parent directly; paths near PATH_MAX (root prefix + up to 4096
+        bytes) walk one segment at a time, since the kernel refuses longer path strings."""
+        parent_path, name = path.rsplit("/", 1)
+        absolute = self.disk_path(parent_path or "/")
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
         try:
-            fd = os.open(self.disk_path(path), os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
+            if len(absolute) < _SHORT_PATH:
+                if create:
+                    self._ensure_dir(absolute)
+                return os.open(absolute, flags), name
+            fd = os.open(self.root, flags)
+            try:
+                for segment in parent_path.strip("/").split("/"):
+                    if create:
+                        try:
+                            os.mkdir(segment, _DIR_MODE, dir_fd=fd)
+                        except FileExistsError:
+                            pass
+                    child = os.open(segment, flags, dir_fd=fd)
+                    os.close(fd)
+                    fd = child
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, name
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if create and isinstance(exc, NotADirectoryError):
+                raise errors.NotADirectory("a parent of the path is a file") from None
             raise errors.NotFound() from None
-        except IsADirectoryError:
+
+    def open_read(self, path: str) -> ReadHandle:
+        target = self.disk_path(path)
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        try:
+            if len(target) < _SHORT_PATH:
+                fd = os.open(target, flags)
+            else:
+                dir_fd, name = self._parent(path, False)
+                try:
+                    fd = os.open(name, flags, dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise errors.NotFound() from None
         size = os.fstat(fd).st_size
         return ReadHandle(fd, size)
 
     def begin_write(self, path: str) -> LocalUpload:
-        target = self.disk_path(path)
-        directory = os.path.dirname(target)
-        self._ensure_dir(directory)
-        tmp = os.path.join(directory, TMP_PREFIX + secrets.token_hex(8))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        return LocalUpload(target, tmp, fd, self.durable)
+        dir_fd, name = self._parent(path, True)
+        try:
+            return LocalUpload(dir_fd, name, self.durable)
+        except BaseException:
+            os.close(dir_fd)
+            raise
 
     def _ensure_dir(self, directory: str) -> None:
         try:
@@ -119,33 +171,34 @@ class LocalFSBackend:
             raise errors.NotADirectory("a parent of the path is a file") from None
 
     def make_directory(self, path: str) -> None:
-        self._ensure_dir(self.disk_path(path))
+        dir_fd, name = self._parent(path, True)
+        try:
+            os.mkdir(name, _DIR_MODE, dir_fd=dir_fd)
+        except FileExistsError:
+            if not _is_dir(name, dir_fd):
+                raise errors.AlreadyExists("a file exists at this path") from None
+        finally:
+            os.close(dir_fd)
 
     def remove(self, path: str, is_dir: bool) -> None:
-        target = self.disk_path(path)
+        try:
+            dir_fd, name = self._parent(path, False)
+        except errors.NotFound:
+            return
         try:
             if is_dir:
-                os.rmdir(target)
+                os.rmdir(name, dir_fd=dir_fd)
             else:
-                os.unlink(target)
+                os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            if exc.errno == errno.ENOTEMPTY:
-                # Only leftovers of interrupted uploads can make a metadata-empty directory
-                # non-empty on disk; clear them and try once more.
-                self._clear_temporaries(target)
-                os.rmdir(target)
-            else:
+            if exc.errno != errno.ENOTEMPTY:
                 raise
-
-    def _clear_temporaries(self, directory: str) -> None:
-        for name in os.listdir(directory):
-            if name.startswith(TMP_PREFIX):
-                try:
-                    os.unlink(os.path.join(directory, name))
-                except FileNotFoundError:
-                    pass
+            # Only an upload in flight (or a crash's leftover) can make a directory that the
+            # metadata calls empty non-empty on disk; leave it, the metadata is the truth.
+        finally:
+            os.close(dir_fd)
 
     def sweep_temporaries(self) -> int:
         """Remove temporary files left by a crash; run at start before serving."""

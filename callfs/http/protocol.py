@@ -80,6 +80,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: dict = {}
         self._fields = 0
+        self._head_size = 0
         self._in_head = False
         self._head_fed = 0
         self._upgrade = False
@@ -155,15 +156,18 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._fields = 0
+        self._head_size = 0
 
     def on_url(self, url: bytes):
         self._url += url
         if len(self._url) > MAX_URL:
             raise _Reject(414)
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes):
         self._fields += 1
-        if self._fields > MAX_FIELDS:
+        self._head_size += len(name) + len(value) + 4
+        if self._fields > MAX_FIELDS or self._head_size > MAX_HEAD:
             raise _Reject(431)
         name = name.lower()
         seen = self._headers.get(name)

@@ -1,0 +1,188 @@
+"""Fixtures that start the real `callfs server` on a free loopback port.
+
+One server per test session serves most tests; each test works below its own directory
+(`ns`). Tests that need other settings (timeouts, workers) start their own with `launch`.
+"""
+import http.client
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import yaml
+
+import callfs
+
+# The server runs from the same CallFS the tests import (an installed one, or the source tree).
+PACKAGE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(callfs.__file__)))
+
+KEYS = {
+    "alice": "alice-key-0123456789abcdef",
+    "bob": "bob-key-0123456789abcdef",
+}
+POSITIONAL_KEY = "positional-key-0123456789"
+INTERNAL_SECRET = "internal-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, workdir, port: int, proc: subprocess.Popen, root: str, log_path: str):
+        self.workdir = workdir
+        self.port = port
+        self.proc = proc
+        self.root = root
+        self.log_path = log_path
+        self.base = f"http://127.0.0.1:{port}"
+
+    def connect(self, timeout: float = 30) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body=None, headers=None, user: str | None = "alice",
+                timeout: float = 60):
+        """(status, headers as a lower-cased dict, body bytes) on a fresh connection."""
+        conn = self.connect(timeout)
+        try:
+            all_headers = dict(headers or {})
+            if user is not None and "Authorization" not in all_headers:
+                key = KEYS.get(user, user)
+                all_headers["Authorization"] = f"Bearer {key}"
+            conn.request(method, path, body=body, headers=all_headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+        finally:
+            conn.close()
+
+    def disk(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def temporaries(self) -> list[str]:
+        found = []
+        for directory, _dirs, files in os.walk(self.root):
+            found += [os.path.join(directory, f) for f in files if f.startswith(".callfs-tmp-")]
+        return found
+
+    def rss_kib(self) -> int:
+        """Resident memory of the server and its workers, in KiB."""
+        pids = [self.proc.pid]
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+            pids += [int(p) for p in out.stdout.split()]
+        except FileNotFoundError:
+            pass
+        total = 0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 40) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as fh:
+            return fh.read()
+
+
+def write_config(workdir, port: int, **sections) -> str:
+    config = {
+        "server": {"listen_addr": f"127.0.0.1:{port}", "protocol": "http",
+                   "external_url": f"http://127.0.0.1:{port}"},
+        "auth": {"api_keys": [POSITIONAL_KEY], "api_key_users": dict(KEYS),
+                 "internal_proxy_secret": INTERNAL_SECRET,
+                 "single_use_link_secret": "link-secret-0123456789"},
+        "backend": {"localfs_root_path": str(workdir / "files")},
+        "metadata_store": {"type": "sqlite", "sqlite_path": str(workdir / "metadata.sqlite3")},
+        "dlm": {"type": "local"},
+        "metrics": {"listen_addr": ""},
+        "instance_discovery": {"instance_id": "node-test"},
+        "log": {"level": "info", "format": "json"},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def launch(workdir, *, workers: int = 1, port: int | None = None, env=None, **sections) -> Server:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = write_config(workdir, port, **sections)
+    log_path = str(workdir / "server.log")
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
+    clean_env["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_HOME] + [p for p in clean_env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    clean_env.update(env or {})
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "callfs", "server", "-c", config,
+                                 "--workers", str(workers)], cwd=str(workdir), stdout=log,
+                                stderr=subprocess.STDOUT, env=clean_env)
+    server = Server(workdir, port, proc, str(workdir / "files"), log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+        try:
+            status, _, _ = server.request("GET", "/health", user=None, timeout=2)
+            if status == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    srv = launch(tmp_path_factory.mktemp("callfs"))
+    yield srv
+    code = srv.stop()
+    assert code == 0, srv.log()
+
+
+@pytest.fixture
+def ns(server, request) -> str:
+    """A fresh directory path for this test (not created)."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:60]
+    return f"/t-{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def launcher(tmp_path):
+    started = []
+
+    def start(**kwargs) -> Server:
+        srv = launch(tmp_path / f"srv{len(started)}", **kwargs)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+def random_bytes(size: int) -> bytes:
+    return secrets.token_bytes(size)
