@@ -102,7 +102,10 @@ def listen_socket(addr: str, *, bind_only: bool = False) -> socket.socket:
         if family == socket.AF_INET6 and host is None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if not bind_only:
+            # Workers share the port; the master's probe binds without SO_REUSEPORT so that a
+            # port already served (by another CallFS too) is refused instead of shared.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         if not bind_only:
             sock.listen(1024)
@@ -217,16 +220,14 @@ def serve(loaded, workers: int | None = None) -> int:
         if swept:
             log.info("removed temporary files left by an interrupted write", extra={"count": swept})
         _ssl_context(cfg)
-        holder = listen_socket(cfg.server.listen_addr, bind_only=True)
+        listen_socket(cfg.server.listen_addr, bind_only=True).close()
     except StartupError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     lock_fd = LocalLockManager.shared_file()
     if workers == 1:
-        sock = listen_socket(cfg.server.listen_addr)
-        holder.close()
-        return _run_worker(cfg, lock_fd, sock)
-    return _supervise(cfg, lock_fd, workers, holder)
+        return _run_worker(cfg, lock_fd, listen_socket(cfg.server.listen_addr))
+    return _supervise(cfg, lock_fd, workers)
 
 
 def _spawn(cfg, lock_fd: int) -> int:
@@ -246,7 +247,7 @@ def _spawn(cfg, lock_fd: int) -> int:
     return pid
 
 
-def _supervise(cfg, lock_fd: int, workers: int, holder: socket.socket) -> int:
+def _supervise(cfg, lock_fd: int, workers: int) -> int:
     stopping = False
 
     def on_signal(signum, frame):
@@ -256,7 +257,6 @@ def _supervise(cfg, lock_fd: int, workers: int, holder: socket.socket) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     children = {_spawn(cfg, lock_fd) for _ in range(workers)}
-    holder.close()
     restarts: list[float] = []
     exit_code = 0
     while children and not stopping:
