@@ -175,6 +175,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self):
         self._in_head = False
+        self._idle_since = 0.0
         headers = self._headers
         length = headers.get(b"content-length")
         if length is not None and b"transfer-encoding" in headers:
@@ -294,7 +295,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._clear_pause(_PAUSE_PIPELINE)
                 if not keep:
                     return
-            if not self.pipeline and self._current is None:
+            if not self.pipeline and self._current is None and not self._in_head:
                 self._idle_since = self.loop.time()
         except ClientGone:
             self.abort()
