@@ -119,6 +119,9 @@ def _check_supported(cfg) -> None:
     if cfg.metadata_store.type != "sqlite":
         raise StartupError(f"metadata_store.type {cfg.metadata_store.type} is not available in "
                            "this build; use sqlite")
+    if (cfg.backend.default_backend or "localfs") != "localfs":
+        raise StartupError(f"backend.default_backend {cfg.backend.default_backend} is not "
+                           "available in this build; use localfs")
     if cfg.dlm.type != "local":
         raise StartupError(f"dlm.type {cfg.dlm.type} is not available in this build; use local")
 
@@ -139,8 +142,25 @@ async def _prepare(cfg) -> int:
         await store.open()
     except Exception as exc:
         raise StartupError(f"cannot open the metadata store: {exc}") from exc
-    await store.close()
-    return backend.sweep_temporaries()
+    try:
+        return await _sweep(backend, store)
+    finally:
+        await store.close()
+
+
+async def _sweep(backend, store) -> int:
+    """Remove staged writes a crash left behind; a user's file that merely has such a name is
+    known to the metadata store and stays."""
+    candidates = backend.temporaries()
+    removed = 0
+    for start in range(0, len(candidates), 500):
+        batch = candidates[start:start + 500]
+        known = await store.get_many(batch)
+        for path in batch:
+            if path not in known:
+                backend.remove_temporary(path)
+                removed += 1
+    return removed
 
 
 # -- a worker --------------------------------------------------------------------------------

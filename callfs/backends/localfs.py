@@ -200,17 +200,20 @@ class LocalFSBackend:
         finally:
             os.close(dir_fd)
 
-    def sweep_temporaries(self) -> int:
-        """Remove temporary files left by a crash; run at start before serving."""
-        removed = 0
+    def temporaries(self) -> list[str]:
+        """Namespace paths of files named like a staged write (candidates for the sweep)."""
+        found = []
         if not self.root or not os.path.isdir(self.root):
-            return 0
+            return found
         for directory, _dirs, files in os.walk(self.root):
             for name in files:
                 if name.startswith(TMP_PREFIX):
-                    try:
-                        os.unlink(os.path.join(directory, name))
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
-        return removed
+                    relative = os.path.relpath(os.path.join(directory, name), self.root)
+                    found.append("/" + relative.replace(os.sep, "/"))
+        return found
+
+    def remove_temporary(self, path: str) -> None:
+        try:
+            os.unlink(self.disk_path(path))
+        except FileNotFoundError:
+            pass

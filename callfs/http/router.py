@@ -37,7 +37,9 @@ _FILE_METHODS = {b"GET": "get", b"HEAD": "head", b"POST": "post", b"PUT": "put",
 
 
 def error_response(exc: CallFSError) -> Response:
-    body = orjson.dumps({"code": exc.code, "message": exc.message})
+    # A server-side failure's detail is for the log, never the client (API.md §8.2).
+    message = type(exc).message if exc.status >= 500 else exc.message
+    body = orjson.dumps({"code": exc.code, "message": message})
     return Response(exc.status, JSON, body)
 
 

@@ -257,3 +257,34 @@ def test_port_in_use_fails_with_exit_1(tmp_path, server):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
+
+
+def test_restart_sweeps_crash_leftovers_but_keeps_files_with_such_names(tmp_path):
+    from conftest import launch
+    workdir = tmp_path / "sweep"
+    srv = launch(workdir)
+    user_file = "/docs/.callfs-tmp-notes"
+    assert srv.request("PUT", "/v1/files" + user_file, body=b"mine")[0] == 201
+    assert srv.stop() == 0
+    leftover = os.path.join(srv.root, "docs", ".callfs-tmp-0123456789abcdef")
+    with open(leftover, "wb") as fh:
+        fh.write(b"half-written")
+    srv = launch(workdir)
+    try:
+        assert not os.path.exists(leftover)
+        status, _, body = srv.request("GET", "/v1/files" + user_file)
+        assert status == 200 and body == b"mine"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_unsupported_default_backend_refuses_to_start(tmp_path):
+    from conftest import write_config
+    config = write_config(tmp_path, 1, backend={"default_backend": "s3",
+                                                "localfs_root_path": str(tmp_path / "f")})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
+    env["PYTHONPATH"] = PACKAGE_HOME
+    result = subprocess.run([sys.executable, "-m", "callfs", "server", "-c", config],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "default_backend" in result.stderr
