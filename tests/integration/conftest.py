@@ -105,6 +105,18 @@ class Server:
             return fh.read()
 
 
+def cli_env() -> dict:
+    """The environment a user would start CallFS with: no CALLFS_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
+    env["PYTHONPATH"] = PACKAGE_HOME
+    return env
+
+
+def run_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "callfs", *args], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=30)
+
+
 def write_config(workdir, port: int, **sections) -> str:
     config = {
         "server": {"listen_addr": f"127.0.0.1:{port}", "protocol": "http",

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import KEYS, PACKAGE_HOME
+from conftest import KEYS, cli_env, run_cli
 
 GIB = 1024 ** 3
 BLOCK = 1024 * 1024
@@ -181,11 +181,9 @@ def test_sigterm_lets_an_upload_in_flight_finish(launcher):
 
 def test_zero_config_start(tmp_path):
     """`callfs server` with no file and no CALLFS_* variable: the embedded profile."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
-    env["PYTHONPATH"] = PACKAGE_HOME
     with socket_free(8443):
         proc = subprocess.Popen([sys.executable, "-m", "callfs", "server", "--workers", "1"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             banner = ""
@@ -240,10 +238,7 @@ class socket_free:
 
 def test_bad_config_fails_to_start_with_exit_1(tmp_path):
     (tmp_path / "config.yaml").write_text("server:\n  listen_addr: ''\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
-    env["PYTHONPATH"] = PACKAGE_HOME
-    result = subprocess.run([sys.executable, "-m", "callfs", "server"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = run_cli(["server"], tmp_path)
     assert result.returncode == 1
     assert "config validation failed: server.listen_addr is required" in result.stderr
 
@@ -251,10 +246,7 @@ def test_bad_config_fails_to_start_with_exit_1(tmp_path):
 def test_port_in_use_fails_with_exit_1(tmp_path, server):
     from conftest import write_config
     config = write_config(tmp_path, server.port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
-    env["PYTHONPATH"] = PACKAGE_HOME
-    result = subprocess.run([sys.executable, "-m", "callfs", "server", "-c", config],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    result = run_cli(["server", "-c", config], tmp_path)
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
 
@@ -282,9 +274,6 @@ def test_unsupported_default_backend_refuses_to_start(tmp_path):
     from conftest import write_config
     config = write_config(tmp_path, 1, backend={"default_backend": "s3",
                                                 "localfs_root_path": str(tmp_path / "f")})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
-    env["PYTHONPATH"] = PACKAGE_HOME
-    result = subprocess.run([sys.executable, "-m", "callfs", "server", "-c", config],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    result = run_cli(["server", "-c", config], tmp_path)
     assert result.returncode == 1
     assert "default_backend" in result.stderr
