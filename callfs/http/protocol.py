@@ -366,11 +366,10 @@ class HttpProtocol(asyncio.Protocol):
         return keep
 
     async def _await_discard(self, body: Body) -> None:
+        """Keep the connection only once the unread body has arrived (and been dropped)."""
         try:
             while not body.complete:
                 await body.read()
-        except ClientGone:
-            raise
         except Exception:
             raise ClientGone() from None
 

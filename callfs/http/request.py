@@ -7,7 +7,6 @@ LOW_WATER. Memory per upload stays bounded whatever the body's size.
 import asyncio
 from collections import deque
 
-from callfs.core.errors import ClientGone
 
 HIGH_WATER = 512 * 1024
 LOW_WATER = 128 * 1024
@@ -135,5 +134,3 @@ class Request:
                 params.setdefault(key, value)
         return params
 
-
-__all__ = ["Body", "Request", "ClientGone"]
