@@ -2,7 +2,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE = ["pathnorm"]
+NATIVE = ["pathnorm", "stream", "generations", "fsops"]
 
 extensions = [
     Extension(

@@ -1,0 +1,12 @@
+# cython: language_level=3
+# Zero-copy socket/file transfers; see stream.pyx.
+
+cpdef long long send_file(int sock, int fd, long long offset, long long count) except -2
+
+cdef class SpliceSink:
+    cdef int pipe_r, pipe_w
+    cdef readonly long long moved
+    cdef size_t capacity
+    cdef void _close(self) noexcept
+    cdef int _flush(self, int fd, size_t pending) except -1
+    cpdef long long step(self, int sock, int fd, long long remaining) except -2
