@@ -22,15 +22,18 @@ from callfs.api.system import SystemAPI
 from callfs.backends.localfs import LocalFSBackend
 from callfs.core.engine import Engine
 from callfs.http.auth import Authenticator
+from callfs.http.hotpath import HotPath
 from callfs.http.protocol import HttpProtocol
-from callfs.http.router import Router
+from callfs.http.router import HSTS, SECURITY_HEADERS, Router
 from callfs.locks.local import LocalLockManager
+from callfs.metadata.cache import CachedStore, open_table
 from callfs.metadata.sqlite import SQLiteStore
 from callfs.observability import logging as structured
 
 log = logging.getLogger("callfs.server")
 
 DRAIN_SECONDS = 30.0
+GIL_SWITCH_SECONDS = 0.0002
 IDLE_SECONDS = 120.0
 _RESTART_WINDOW = 10.0
 _RESTART_LIMIT = 10
@@ -43,8 +46,10 @@ class StartupError(Exception):
 class ServerState:
     """What every connection of one worker shares."""
 
-    def __init__(self, app, loop, *, tls: bool, read_timeout: float, write_timeout: float):
+    def __init__(self, app, loop, *, tls: bool, read_timeout: float, write_timeout: float,
+                 hot=None):
         self.app = app
+        self.hot = hot
         self.loop = loop
         self.tls = tls
         self.read_timeout = max(read_timeout, 0.0)
@@ -126,6 +131,11 @@ def _check_supported(cfg) -> None:
         raise StartupError(f"dlm.type {cfg.dlm.type} is not available in this build; use local")
 
 
+def _generations_path(cfg) -> str:
+    """The write-generation table shared by every process serving this SQLite file."""
+    return cfg.metadata_store.sqlite_path + "-gen"
+
+
 def _build_store(cfg):
     return SQLiteStore(cfg.metadata_store.sqlite_path, durable=cfg.backend.localfs_fsync)
 
@@ -167,7 +177,10 @@ async def _sweep(backend, store) -> int:
 
 async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
-    store = _build_store(cfg)
+    # The store's writer thread needs the GIL briefly per commit; under load the event loop
+    # would keep it for the default 5 ms each time, stalling every write behind it.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    store = CachedStore(_build_store(cfg), open_table(_generations_path(cfg)))
     await store.open()
     locks = LocalLockManager(lock_fd)
     await locks.open()
@@ -182,10 +195,11 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
         dir_mode=cfg.auth.default_dir_mode,
     )
     auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret)
-    router = Router(auth=auth, files=FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {})),
-                    directories=DirectoriesAPI(engine), system=SystemAPI())
+    files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
+    router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine), system=SystemAPI())
+    hot = HotPath(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
     context = _ssl_context(cfg)
-    state = ServerState(router, loop, tls=context is not None,
+    state = ServerState(router, loop, tls=context is not None, hot=hot,
                         read_timeout=cfg.server.read_timeout, write_timeout=cfg.server.write_timeout)
     server = await loop.create_server(lambda: HttpProtocol(state), sock=sock, ssl=context,
                                       backlog=1024)

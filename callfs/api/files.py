@@ -1,11 +1,34 @@
-"""`/v1/files/{path}`: download, stat, create, overwrite, delete (API.md §9.1–§9.5)."""
+"""`/v1/files/{path}`: download, stat, create, overwrite, delete (API.md §9.1–§9.5), with the
+range and conditional requests of API.md §2."""
 import orjson
 
-from callfs.api.shapes import file_info, metadata_headers
+from callfs.api.shapes import cache_headers, file_info, metadata_headers, validators
 from callfs.core import errors
-from callfs.core.engine import CrossServerConflict
-from callfs.core.model import DIRECTORY, FILE
+from callfs.core.engine import Check, CrossServerConflict
+from callfs.core.model import DIRECTORY, FILE, Inode
+from callfs.http.conditional import (UNSATISFIABLE, Preconditions, if_range_matches, parse_range,
+                                     select_range)
 from callfs.http.response import JSON, OCTETS, Response, json_response
+
+
+def write_check(request) -> Check | None:
+    """The request's write preconditions as the engine's check: it runs them against the entry
+    the write would replace (PUT, DELETE, POST; PATCH on its source), before and under the
+    path's lock. None when the request has none."""
+    conditions = Preconditions.from_headers(request.headers)
+    if not conditions.guards_write:
+        return None
+
+    def check(existing: Inode | None) -> None:
+        conditions.check_write(None if existing is None else validators(existing))
+
+    return check
+
+
+def _range_not_satisfiable(size: int) -> Response:
+    exc = errors.RangeNotSatisfiable()
+    body = orjson.dumps({"code": exc.code, "message": exc.message})
+    return Response(416, JSON + b"Content-Range: bytes */%d\r\n" % size, body)
 
 
 class FilesAPI:
@@ -16,25 +39,66 @@ class FilesAPI:
     async def get(self, request, path: str, trailing: bool) -> Response:
         engine = self.engine
         inode = await engine.stat(request.identity, path)
+        conditions = Preconditions.from_headers(request.headers)
         if inode.type == DIRECTORY:
+            if conditions and not conditions.check_read(validators(inode)):
+                return Response(304, metadata_headers(inode))
             children = await engine.list_directory(request.identity, inode)
             body = orjson.dumps([file_info(child) for child in children])
             return Response(200, JSON + metadata_headers(inode), body)
+        # Opened first, so that a caller who may not read gets 403, never 304 or 412.
         handle = engine.open_file(request.identity, inode)
-        return Response(200, OCTETS + metadata_headers(inode), file=handle, length=handle.size)
+        try:
+            return self._file_response(request, inode, handle, conditions)
+        except BaseException:
+            handle.close()
+            raise
+
+    def _file_response(self, request, inode: Inode, handle, conditions: Preconditions) -> Response:
+        """RFC 9110 §13.2.2 order: the preconditions (412 / 304), then Range (206 / 416)."""
+        headers = metadata_headers(inode) + cache_headers(inode)
+        current = None
+        if conditions:
+            current = validators(inode)
+            if not conditions.check_read(current):
+                handle.close()
+                return Response(304, headers)
+        requested = request.headers.get(b"range")
+        if requested is not None:
+            if_range = request.headers.get(b"if-range")
+            if if_range is None or if_range_matches(if_range, current or validators(inode)):
+                size = handle.size
+                chosen = select_range(parse_range(requested), size)
+                if chosen is UNSATISFIABLE:
+                    handle.close()
+                    return _range_not_satisfiable(size)
+                if chosen is not None:
+                    start, end = chosen
+                    part = b"Content-Range: bytes %d-%d/%d\r\n" % (start, end, size)
+                    return Response(206, OCTETS + headers + part, file=handle, offset=start,
+                                    length=end - start + 1)
+        return Response(200, OCTETS + headers, file=handle, length=handle.size)
 
     async def head(self, request, path: str, trailing: bool) -> Response:
+        """Like GET without a body; Range is ignored (RFC 9110 §14.2)."""
         inode = await self.engine.stat(request.identity, path)
+        conditions = Preconditions.from_headers(request.headers)
+        headers = metadata_headers(inode, instance=True)
+        if inode.type != DIRECTORY:
+            headers += cache_headers(inode)
+        if conditions and not conditions.check_read(validators(inode)):
+            return Response(304, headers)
         if inode.type == DIRECTORY:
-            return Response(200, JSON + metadata_headers(inode, instance=True))
-        return Response(200, OCTETS + metadata_headers(inode, instance=True), length=inode.size)
+            return Response(200, JSON + headers)
+        return Response(200, OCTETS + headers, length=inode.size)
 
     async def post(self, request, path: str, trailing: bool) -> Response:
         try:
             if trailing:
                 created = await self.engine.create_directory(request.identity, path)
                 return Response(201 if created else 200)
-            await self.engine.create_file(request.identity, path, request.body)
+            await self.engine.create_file(request.identity, path, request.body,
+                                          write_check(request))
             return Response(201)
         except CrossServerConflict as exc:
             return json_response(409, self._conflict_body(exc))
@@ -42,11 +106,12 @@ class FilesAPI:
     async def put(self, request, path: str, trailing: bool) -> Response:
         if trailing or path == "/":
             raise errors.IsADirectory("cannot PUT a directory path")
-        created = await self.engine.put_file(request.identity, path, request.body)
+        created = await self.engine.put_file(request.identity, path, request.body,
+                                             write_check(request))
         return Response(201 if created else 200)
 
     async def delete(self, request, path: str, trailing: bool) -> Response:
-        await self.engine.delete(request.identity, path)
+        await self.engine.delete(request.identity, path, write_check(request))
         return Response(204)
 
     def _conflict_body(self, exc: CrossServerConflict) -> dict:

@@ -8,6 +8,7 @@ its bytes.
 """
 import asyncio
 import logging
+from collections.abc import Callable
 
 from callfs._native.pathnorm import ancestors
 from callfs.core import errors, permissions
@@ -15,6 +16,13 @@ from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
 from callfs.locks.base import dir_key, file_key
 
 log = logging.getLogger("callfs.engine")
+
+# A write's precondition (API.md §2: If-Match, If-None-Match, If-Unmodified-Since), built by the
+# API layer: called with the entry the write would replace (None when there is none), it raises
+# PreconditionFailed to refuse. The engine runs it after the permission checks, once before the
+# lock (so a stale request is refused before its body is read) and again under the lock, where
+# the answer holds until the write is done.
+Check = Callable[[Inode | None], None]
 
 MAX_UPLOAD = 10 * 1024 ** 3  # API.md §2: 10 GiB per file body
 
@@ -101,6 +109,35 @@ class Engine:
                 stack.extend(reversed(subdirs))
         return items
 
+    # -- the hot path's questions (synchronous; they never wait for a store) ------------------
+
+    def cached_file(self, identity: str, path: str):
+        """The metadata cache's exact entry for a local file `identity` may read, or None when
+        the answer needs the general route (not cached, a directory, remote, refused)."""
+        lookup = getattr(self.store, "lookup", None)
+        entry = lookup(path) if lookup is not None else None
+        if entry is None:
+            return None
+        inode = entry.inode
+        if (inode.type != FILE or inode.instance_id not in (None, self.instance_id)
+                or not permissions.may_read(identity, inode)):
+            return None
+        return entry
+
+    def small_content(self, inode: Inode) -> bytes | None:
+        """A small file's bytes, only when they are provably the content `inode` describes."""
+        backend = self.backends.get(inode.backend)
+        read = getattr(backend, "read_version", None)
+        if read is None:
+            return None
+        try:
+            return read(inode.path, inode.size, inode.mtime_ns)
+        except (OSError, errors.CallFSError):
+            return None
+
+    def keep_with(self, entry, extra, cost: int) -> bool:
+        return self.store.attach(entry, extra, cost)
+
     # -- creation ----------------------------------------------------------------------------
 
     def _ancestor_rows(self, path: str, owner: str, stamp: int, backend: str) -> list[NewInode]:
@@ -154,38 +191,48 @@ class Engine:
             raise errors.AlreadyExists("a file exists at this path")
         return False
 
-    async def create_file(self, identity: str, path: str, body) -> None:
+    async def create_file(self, identity: str, path: str, body, check: Check | None = None) -> None:
         """POST without a trailing slash: a new file; never overwrites."""
         existing = await self._check_create(identity, path, FILE)
         if existing is not None:
             raise errors.AlreadyExists()
+        if check is not None:
+            check(None)
         _check_announced_size(body)
         async with self.locks.hold([file_key(path)], self.lock_timeout):
             if await self._check_create(identity, path, FILE) is not None:
                 raise errors.AlreadyExists()
+            if check is not None:
+                check(None)
             await self._store_new(identity, path, body)
 
-    async def put_file(self, identity: str, path: str, body) -> bool:
+    async def put_file(self, identity: str, path: str, body, check: Check | None = None) -> bool:
         """PUT: create (True) or replace the content of an existing file (False)."""
         existing = await self._check_create(identity, path, FILE)
         if existing is not None and existing.type == DIRECTORY:
             raise errors.IsADirectory()
+        if check is not None:
+            check(existing)
         _check_announced_size(body)
         async with self.locks.hold([file_key(path)], self.lock_timeout):
             existing = await self._check_create(identity, path, FILE)
             if existing is None:
+                if check is not None:
+                    check(None)
                 await self._store_new(identity, path, body)
                 return True
             if existing.type == DIRECTORY:
                 raise errors.IsADirectory()
+            if check is not None:
+                check(existing)
             await self._replace(existing, body)
             return False
 
     async def _store_new(self, identity: str, path: str, body) -> Inode:
         backend_name = self.default_backend
         backend = self.backends[backend_name]
-        size = await self._stage(backend, path, body)
         stamp = now_ns()
+        size = await self._stage(backend, path, body, stamp)
         entry = NewInode(path=path, type=FILE, size=size, mode=self.file_mode, owner=identity,
                          group=identity, mtime_ns=stamp, backend=backend_name,
                          instance_id=self.instance_id if backend_name == "localfs" else None)
@@ -198,13 +245,20 @@ class Engine:
 
     async def _replace(self, existing: Inode, body) -> Inode:
         backend = self.backend_for(existing)
-        size = await self._stage(backend, existing.path, body)
-        return await self.store.update_content(existing, size, now_ns())
+        stamp = now_ns()
+        size = await self._stage(backend, existing.path, body, stamp)
+        return await self.store.update_content(existing, size, stamp)
 
-    async def _stage(self, backend, path: str, body) -> int:
-        """Stream the body into a staged object and publish it; returns the size stored."""
+    async def _stage(self, backend, path: str, body, stamp: int) -> int:
+        """Stream the body into a staged object and publish it, stamped with the mtime the
+        metadata will record; returns the size stored."""
         upload = backend.begin_write(path)
         try:
+            fill = getattr(upload, "fill", None)
+            if fill is not None and getattr(body, "expected", None) is not None:
+                # A body of announced length (checked against MAX_UPLOAD already) may go
+                # straight into the staged file.
+                await fill(body)
             while True:
                 chunk = await body.read()
                 if not chunk:
@@ -215,18 +269,22 @@ class Engine:
         except BaseException:
             upload.abort()
             raise
-        await upload.commit()
+        await upload.commit(stamp)
         return upload.size
 
     # -- deletion ----------------------------------------------------------------------------
 
-    async def delete(self, identity: str, path: str) -> None:
+    async def delete(self, identity: str, path: str, check: Check | None = None) -> None:
         inode = await self.stat(identity, path)
         self._check_delete(identity, inode)
+        if check is not None:
+            check(inode)
         key = dir_key(path) if inode.type == DIRECTORY else file_key(path)
         async with self.locks.hold([key], self.lock_timeout):
             inode = await self.stat(identity, path)
             self._check_delete(identity, inode)
+            if check is not None:
+                check(inode)
             await self.store.delete(inode)
             try:
                 self.backend_for(inode).remove(path, inode.type == DIRECTORY)

@@ -17,6 +17,7 @@ from collections import deque
 
 import httptools
 
+from callfs._native.stream import SpliceSink, send_file
 from callfs.core.errors import BadRequest, ClientGone
 from callfs.http.request import Body, Request
 from callfs.http.response import Response, date_header, status_line
@@ -34,6 +35,13 @@ FILE_CHUNK = 256 * 1024
 _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
 _PAUSE_BROKEN = 4
+_PAUSE_SPLICE = 8  # the body moves by splice: the transport must not read
+
+# Request headers that send a GET/HEAD down the general route (the hot path answers only
+# plain reads).
+_NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
+                      b"if-range", b"range", b"x-request-id", b"content-length",
+                      b"transfer-encoding", b"expect", b"upgrade"))
 
 _CLOSE = b"Connection: close\r\n"
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
@@ -64,6 +72,7 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self, state):
         self.state = state
         self.app = state.app
+        self.hot = state.hot
         self.loop = state.loop
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
@@ -84,6 +93,8 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_fed = 0
         self._upgrade = False
+        self._plain = True      # no header keeps the message off the hot path
+        self._answered = False  # the hot path answered the message being parsed
         # deadlines (loop time; 0 = not running)
         now = self.loop.time()
         self._head_start = 0.0
@@ -91,6 +102,7 @@ class HttpProtocol(asyncio.Protocol):
         self._last_read = now
         self._stall_since = 0.0
         self._drain_waiter: asyncio.Future | None = None
+        self._read_waiter: asyncio.Future | None = None
         self._writing_paused = False
 
     # -- connection lifecycle ------------------------------------------------------------------
@@ -111,8 +123,9 @@ class HttpProtocol(asyncio.Protocol):
         for item in self.pipeline:
             if isinstance(item, Request):
                 item.body.fail(gone)
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(gone)
+        for waiter in (self._drain_waiter, self._read_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(gone)
         self._release_dup()
 
     def close(self) -> None:
@@ -157,6 +170,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._fields = 0
         self._head_size = 0
+        self._plain = True
 
     def on_url(self, url: bytes):
         self._url += url
@@ -170,13 +184,25 @@ class HttpProtocol(asyncio.Protocol):
         if self._fields > MAX_FIELDS or self._head_size > MAX_HEAD:
             raise _Reject(431)
         name = name.lower()
+        if name in _NOT_HOT:
+            self._plain = False
         seen = self._headers.get(name)
         self._headers[name] = value if seen is None else seen + b", " + value
 
     def on_headers_complete(self):
         self._in_head = False
-        self._idle_since = 0.0
         headers = self._headers
+        if self._plain and not self.pipeline and self.hot is not None:
+            method = self.parser.get_method()
+            if (method == b"GET" or method == b"HEAD") and self.parser.should_keep_alive() \
+                    and not self.state.draining:
+                data = self.hot.answer(method, self._url, headers, self.tls)
+                if data is not None:
+                    self.transport.write(data)
+                    self._answered = True
+                    self._idle_since = self.loop.time()
+                    return
+        self._idle_since = 0.0
         length = headers.get(b"content-length")
         if length is not None and b"transfer-encoding" in headers:
             raise _Reject(400)  # request smuggling: never trust both
@@ -204,6 +230,9 @@ class HttpProtocol(asyncio.Protocol):
         self._current.body.feed(data)
 
     def on_message_complete(self):
+        if self._answered:
+            self._answered = False
+            return
         request = self._current
         if request is not None:
             request.body.finish()
@@ -248,6 +277,63 @@ class HttpProtocol(asyncio.Protocol):
         if (request is not None and request.expect_continue and not request.body.complete
                 and request.body.received == 0 and not self.closed):
             self.transport.write(_CONTINUE)
+
+    async def splice_body(self, body: Body, fd: int, remaining: int) -> int | None:
+        """Move the rest of the body being parsed (`remaining` bytes of a Content-Length body)
+        from the socket into `fd` by splice; returns the bytes moved, or None when this
+        connection cannot (TLS, a pipelined body, a broken message): read it instead.
+
+        The transport stops reading, so the socket is ours until the body ends; then a fresh
+        parser takes over at the next message, exactly where this body ended."""
+        current = self._current
+        if (self._sock_fd < 0 or self.closed or current is None or current.body is not body
+                or self._pause & _PAUSE_BROKEN or remaining <= 0):
+            return None
+        self._set_pause(_PAUSE_SPLICE)
+        sink = SpliceSink()
+        moved = 0
+        try:
+            while remaining > 0:
+                if self.closed:
+                    raise ClientGone()
+                try:
+                    step = sink.step(self._sock_fd, fd, remaining)
+                except ConnectionError:
+                    raise ClientGone() from None
+                if step > 0:
+                    moved += step
+                    remaining -= step
+                    body.received += step
+                    self._last_read = self.loop.time()
+                elif step == 0:
+                    raise ClientGone()  # the peer closed before the body ended
+                else:
+                    await self._wait_readable()
+        except BaseException as exc:
+            # The socket is somewhere inside a message the parser never saw: it cannot go on.
+            body.fail(exc if isinstance(exc, Exception) else ClientGone())
+            self.abort()
+            raise
+        finally:
+            sink.close()
+        self.parser = httptools.HttpRequestParser(self)
+        self._current = None
+        body.finish()
+        self._clear_pause(_PAUSE_SPLICE)
+        return moved
+
+    async def _wait_readable(self) -> None:
+        if self._dup_fd < 0:
+            self._dup_fd = os.dup(self._sock_fd)
+        waiter = self.loop.create_future()
+        self._read_waiter = waiter
+        self.loop.add_reader(self._dup_fd, _set_once, waiter)
+        try:
+            await waiter
+        finally:
+            self._read_waiter = None
+            if self._dup_fd >= 0:
+                self.loop.remove_reader(self._dup_fd)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -406,11 +492,7 @@ class HttpProtocol(asyncio.Protocol):
                 raise ClientGone()
             if self.transport.get_write_buffer_size() == 0:
                 try:
-                    sent = os.sendfile(self._sock_fd, fd, offset, count)
-                except BlockingIOError:
-                    sent = -1
-                except InterruptedError:
-                    continue
+                    sent = send_file(self._sock_fd, fd, offset, count)
                 except OSError:
                     raise ClientGone() from None
                 if sent == 0:
@@ -452,6 +534,7 @@ class HttpProtocol(asyncio.Protocol):
     def _release_dup(self) -> None:
         if self._dup_fd >= 0:
             self.loop.remove_writer(self._dup_fd)
+            self.loop.remove_reader(self._dup_fd)
             os.close(self._dup_fd)
             self._dup_fd = -1
 
@@ -472,7 +555,8 @@ class HttpProtocol(asyncio.Protocol):
             self.abort()
             return
         current = self._current
-        if (current is not None and not self._pause and state.read_timeout
+        reading = not self._pause or self._pause == _PAUSE_SPLICE
+        if (current is not None and reading and state.read_timeout
                 and now - self._last_read > state.read_timeout):
             current.body.fail(ClientGone())
             self.abort()

@@ -5,6 +5,7 @@ HIGH_WATER bytes the connection stops reading, and resumes once the handler drai
 LOW_WATER. Memory per upload stays bounded whatever the body's size.
 """
 import asyncio
+import os
 from collections import deque
 
 
@@ -82,6 +83,31 @@ class Body:
             self._conn.resume_body()
         return chunk
 
+    async def transfer_to(self, fd: int) -> int:
+        """Write the rest of the body into the file `fd`; returns the bytes written. What the
+        parser already delivered is written first; the rest of a Content-Length body on a
+        plain socket moves by splice, never through Python objects."""
+        written = 0
+        if not self._started:
+            self._started = True
+            self._conn.body_wanted()
+        while self._chunks:
+            chunk = self._chunks.popleft()
+            self._buffered -= len(chunk)
+            written += _write_all(fd, chunk)
+        self._conn.resume_body()
+        if self._error is not None:
+            raise self._error
+        if not self.complete and self.expected is not None and not self.discarding:
+            spliced = await self._conn.splice_body(self, fd, self.expected - self.received)
+            if spliced is not None:
+                return written + spliced
+        while True:
+            chunk = await self.read()
+            if not chunk:
+                return written
+            written += _write_all(fd, chunk)
+
     def __aiter__(self):
         return self
 
@@ -97,6 +123,13 @@ class Body:
         self._chunks.clear()
         self._buffered = 0
         self._conn.resume_body()
+
+
+def _write_all(fd: int, data) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
 
 
 class Request:

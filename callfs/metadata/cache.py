@@ -1,0 +1,153 @@
+"""A per-process cache of point lookups in front of a metadata store, exact across processes.
+
+Every write through this wrapper announces itself in a shared GenerationTable (bumped before
+the store commits and again after); a cached entry carries the generation read *before* its
+lookup and is used only while that generation is unchanged. So a write by any worker, or by
+any process serving the same store on this host, invalidates every copy at once, and an
+entry read while a write was in flight is never kept. A process killed mid-write leaves its
+slot marked busy: those paths are read through from then on, never served stale.
+
+Only `get` is cached. Listings, batch lookups and everything under a lock read the store.
+"""
+import os
+
+from callfs._native.generations import GenerationTable, table_bytes
+
+DEFAULT_SLOTS = 1 << 16
+DEFAULT_CAPACITY = 100_000
+DEFAULT_EXTRA_BUDGET = 64 * 1024 * 1024
+
+
+class CacheEntry:
+    """A cached inode. `extra` belongs to the caller (the HTTP hot path keeps its prebuilt
+    header blocks and small bodies there); it lives and dies with the entry."""
+
+    __slots__ = ("inode", "stamp", "extra", "cost")
+
+    def __init__(self, inode, stamp: int):
+        self.inode = inode
+        self.stamp = stamp
+        self.extra = None
+        self.cost = 0  # bytes `extra` holds, counted against the extra budget
+
+
+def open_table(path: str, slots: int = DEFAULT_SLOTS) -> GenerationTable:
+    """The generation table kept in the file `path`, created (zero-filled) when missing."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_size < table_bytes(slots):
+            os.ftruncate(fd, table_bytes(slots))
+        return GenerationTable(fd, slots)
+    finally:
+        os.close(fd)  # the mapping stays valid without the descriptor
+
+
+class CachedStore:
+    def __init__(self, store, table: GenerationTable, capacity: int = DEFAULT_CAPACITY,
+                 extra_budget: int = DEFAULT_EXTRA_BUDGET):
+        self.store = store
+        self.table = table
+        self.capacity = capacity
+        self.extra_budget = extra_budget
+        self.extra_bytes = 0
+        self.entries: dict[str, CacheEntry] = {}
+        self.backend_name = getattr(store, "backend_name", "")
+
+    def __getattr__(self, name):
+        # open, close and anything else that is not a namespace read or write.
+        return getattr(self.store, name)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> CacheEntry | None:
+        """A cached entry that is still exact, or None (without touching the store)."""
+        entry = self.entries.get(path)
+        if entry is not None and entry.stamp == self.table.stamp(path):
+            return entry
+        return None
+
+    async def get(self, path: str):
+        entry = self.lookup(path)
+        if entry is not None:
+            return entry.inode
+        entry = await self.load(path)
+        return entry.inode if isinstance(entry, CacheEntry) else entry
+
+    async def load(self, path: str):
+        """Read through: a fresh CacheEntry (kept when no write was in flight), or None."""
+        stamp = self.table.stamp(path)
+        inode = await self.store.get(path)
+        self._drop(path)
+        if inode is None:
+            return None
+        entry = CacheEntry(inode, stamp)
+        if stamp >= 0:
+            entries = self.entries
+            if len(entries) >= self.capacity:
+                self._evict(max(1, self.capacity // 8), 0)
+            entries[path] = entry
+        return entry
+
+    def attach(self, entry: CacheEntry, extra, cost: int) -> bool:
+        """Keep `extra` with the entry, making room within the extra budget (oldest entries
+        go first). False when `cost` alone is over the budget: nothing kept."""
+        if cost > self.extra_budget:
+            return False
+        over = self.extra_bytes + cost - self.extra_budget
+        if over > 0:
+            self._evict(0, over)
+        entry.extra = extra
+        entry.cost = cost
+        self.extra_bytes += cost
+        return True
+
+    def _drop(self, path: str) -> None:
+        entry = self.entries.pop(path, None)
+        if entry is not None:
+            self.extra_bytes -= entry.cost
+
+    def _evict(self, count: int, cost: int) -> None:
+        """Drop the oldest entries (dicts keep insertion order) until `count` entries and
+        `cost` bytes of extras are gone."""
+        entries = self.entries
+        for key in list(entries):
+            if count <= 0 and cost <= 0:
+                break
+            entry = entries.pop(key)
+            self.extra_bytes -= entry.cost
+            count -= 1
+            cost -= entry.cost
+
+    async def get_many(self, paths):
+        return await self.store.get_many(paths)
+
+    async def list_children(self, directory):
+        return await self.store.list_children(directory)
+
+    async def list_descendants(self, directory):
+        return await self.store.list_descendants(directory)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def create(self, ancestors, entry):
+        paths = [item.path for item in ancestors]
+        paths.append(entry.path)
+        return await self._announced(paths, self.store.create(ancestors, entry))
+
+    async def update_content(self, existing, size: int, mtime_ns: int):
+        return await self._announced([existing.path],
+                                     self.store.update_content(existing, size, mtime_ns))
+
+    async def delete(self, inode):
+        return await self._announced([inode.path], self.store.delete(inode))
+
+    async def _announced(self, paths, operation):
+        table = self.table
+        for path in paths:
+            table.begin(path)
+        try:
+            return await operation
+        finally:
+            for path in paths:
+                table.end(path)
+                self._drop(path)
