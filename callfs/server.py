@@ -15,6 +15,7 @@ import sys
 import time
 
 import uvloop
+from prometheus_client import REGISTRY
 
 from callfs.api.directories import DirectoriesAPI
 from callfs.api.files import FilesAPI
@@ -29,6 +30,7 @@ from callfs.locks.local import LocalLockManager
 from callfs.metadata.cache import CachedStore, open_table
 from callfs.metadata.sqlite import SQLiteStore
 from callfs.observability import logging as structured
+from callfs.observability.metrics import AttributeCounter
 
 log = logging.getLogger("callfs.server")
 
@@ -198,6 +200,9 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
     router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine), system=SystemAPI())
     hot = HotPath(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
+    REGISTRY.register(AttributeCounter("callfs_hot_path_responses",
+                                       "GET/HEAD answered from the metadata cache in one write",
+                                       hot, "answered"))
     context = _ssl_context(cfg)
     state = ServerState(router, loop, tls=context is not None, hot=hot,
                         read_timeout=cfg.server.read_timeout, write_timeout=cfg.server.write_timeout)

@@ -47,7 +47,7 @@ class FilesAPI:
             body = orjson.dumps([file_info(child) for child in children])
             return Response(200, JSON + metadata_headers(inode), body)
         # Opened first, so that a caller who may not read gets 403, never 304 or 412.
-        handle = engine.open_file(request.identity, inode)
+        inode, handle = await engine.open_current(request.identity, inode)
         try:
             return self._file_response(request, inode, handle, conditions)
         except BaseException:

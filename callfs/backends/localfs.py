@@ -27,11 +27,12 @@ def _is_dir(name: str, dir_fd: int) -> bool:
 
 
 class ReadHandle:
-    __slots__ = ("fd", "size")
+    __slots__ = ("fd", "size", "mtime_ns")
 
-    def __init__(self, fd: int, size: int):
+    def __init__(self, fd: int, size: int, mtime_ns: int | None = None):
         self.fd = fd
         self.size = size
+        self.mtime_ns = mtime_ns
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -186,16 +187,15 @@ class LocalFSBackend:
                     os.close(dir_fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise errors.NotFound() from None
-        size = os.fstat(fd).st_size
-        return ReadHandle(fd, size)
+        info = os.fstat(fd)
+        return ReadHandle(fd, info.st_size, info.st_mtime_ns)
 
     def read_version(self, path: str, size: int, mtime_ns: int) -> bytes | None:
         """The whole content of a small file, or None unless the file on disk is the version
         recorded with this size and mtime (a write may be between publishing and recording)."""
         handle = self.open_read(path)
         try:
-            info = os.fstat(handle.fd)
-            if info.st_size != size or info.st_mtime_ns != mtime_ns:
+            if handle.size != size or handle.mtime_ns != mtime_ns:
                 return None
             data = os.pread(handle.fd, size, 0) if size else b""
             return data if len(data) == size else None

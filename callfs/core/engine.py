@@ -25,6 +25,8 @@ log = logging.getLogger("callfs.engine")
 Check = Callable[[Inode | None], None]
 
 MAX_UPLOAD = 10 * 1024 ** 3  # API.md §2: 10 GiB per file body
+_OPEN_FIRST_RETRY = 0.0005  # seconds; doubled up to _OPEN_LAST_RETRY (about 0.5 s in all)
+_OPEN_LAST_RETRY = 0.256
 
 
 class CrossServerConflict(errors.CallFSError):
@@ -80,6 +82,31 @@ class Engine:
         if not permissions.may_read(identity, inode):
             raise errors.PermissionDenied()
         return self.backend_for(inode).open_read(inode.path)
+
+    async def open_current(self, identity: str, inode: Inode):
+        """Open a file's bytes with the metadata that describes them: (inode, handle).
+
+        Bytes are published a moment before their metadata is recorded, and every write stamps
+        the file with the mtime it records. An open file newer than its metadata (or of another
+        size) is a write between the two steps: look again, briefly, until they agree. A file
+        never stamped (written by an earlier release) is older than its record and is served
+        as it is; after the waits, what is on disk is served (its length is the truth).
+        """
+        delay = _OPEN_FIRST_RETRY
+        while True:
+            handle = self.open_file(identity, inode)
+            on_disk = getattr(handle, "mtime_ns", None)
+            if handle.size == inode.size and (on_disk is None or on_disk <= inode.mtime_ns):
+                return inode, handle
+            if delay > _OPEN_LAST_RETRY:
+                return inode, handle
+            handle.close()
+            await asyncio.sleep(delay)
+            delay *= 2
+            fresh = await self._get(inode.path)
+            if fresh is None or fresh.type != FILE:
+                raise errors.NotFound()
+            inode = fresh
 
     async def list_directory(self, identity: str, directory: Inode) -> list[Inode]:
         if not permissions.may_read(identity, directory):

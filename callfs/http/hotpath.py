@@ -44,6 +44,7 @@ class HotPath:
         self.engine = engine
         self.security = security
         self.hsts = hsts
+        self.answered = 0  # responses sent by the hot path (exported as a metric)
 
     def answer(self, method: bytes, url: bytes, headers: dict, tls: bool) -> bytes | None:
         """The whole response for a plain GET/HEAD of a cached file, or None."""
@@ -77,6 +78,7 @@ class HotPath:
         parts.append(b"%016x\r\n\r\n" % getrandbits(64))
         if method != b"HEAD":
             parts.append(hot.body)
+        self.answered += 1
         return b"".join(parts)
 
     def _prepare(self, entry) -> HotFile:
@@ -85,10 +87,16 @@ class HotPath:
         validators = cache_headers(inode)
         get_head = OCTETS + metadata_headers(inode) + validators + length
         head_head = OCTETS + metadata_headers(inode, instance=True) + validators + length
-        body = self.engine.small_content(inode) if inode.size <= SMALL_FILE else None
+        heads = len(get_head) + len(head_head)
+        if inode.size > SMALL_FILE:
+            hot = HotFile(get_head, head_head, None)
+            self.engine.keep_with(entry, hot, heads)
+            return hot
+        body = self.engine.small_content(inode)
         hot = HotFile(get_head, head_head, body)
-        cost = len(get_head) + len(head_head) + (len(body) if body is not None else 0)
-        if not self.engine.keep_with(entry, hot, cost):
-            hot.body = None
-            self.engine.keep_with(entry, hot, len(get_head) + len(head_head))
+        if body is None:
+            return hot  # the bytes on disk are not this version (yet): ask again next time
+        if not self.engine.keep_with(entry, hot, heads + len(body)):
+            hot = HotFile(get_head, head_head, None)
+            self.engine.keep_with(entry, hot, heads)
         return hot
