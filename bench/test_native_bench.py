@@ -48,3 +48,131 @@ def test_pathnorm(benchmark, function, case, implementation):
     expected = getattr(pathnorm_oracle, function)(arg)
     benchmark.group = f"pathnorm.{function} {case} ({len(arg)} chars)"
     assert benchmark(call, arg) == expected
+
+
+# --- stream, generations, fsops ---------------------------------------------------------------
+# Quick and bounded: every benchmark below runs for at most a quarter of a second per case.
+
+import socket  # noqa: E402
+
+import fsops_oracle  # noqa: E402
+import generations_oracle  # noqa: E402
+import stream_oracle  # noqa: E402
+from callfs._native import fsops, generations, stream  # noqa: E402
+
+QUICK = pytest.mark.benchmark(max_time=0.25, min_rounds=10)
+STREAM = {"native": stream, "oracle": stream_oracle}
+GENERATIONS = {"native": generations, "oracle": generations_oracle}
+FSOPS = {"native": fsops, "oracle": fsops_oracle}
+
+
+@pytest.fixture
+def socket_pair():
+    """An AF_UNIX pair: a send is in the peer's queue when it returns, so one step moves all."""
+    near, far = socket.socketpair()
+    near.setblocking(False)
+    far.setblocking(False)
+    yield near, far
+    near.close()
+    far.close()
+
+
+@pytest.fixture
+def file_of(tmp_path):
+    fds = []
+
+    def make(data, flags=os.O_RDONLY):
+        path = tmp_path / f"file-{len(fds)}"
+        path.write_bytes(data)
+        fds.append(os.open(path, flags))
+        return fds[-1]
+    yield make
+    for fd in fds:
+        os.close(fd)
+
+
+@QUICK
+@pytest.mark.parametrize("implementation", STREAM)
+@pytest.mark.parametrize("size", [4096, 65536])
+def test_stream_send_file(benchmark, socket_pair, file_of, size, implementation):
+    """One send_file step of a whole small file, and the peer reading it back out."""
+    near, far = socket_pair
+    data = os.urandom(size)
+    fd = file_of(data)
+    received = bytearray(size)
+    view = memoryview(received)
+    send_file = STREAM[implementation].send_file
+    benchmark.group = f"stream.send_file {size // 1024} KiB"
+
+    def step():
+        sent = send_file(near.fileno(), fd, 0, size)
+        got = 0
+        while got < sent:
+            got += far.recv_into(view[got:])
+        return sent
+
+    assert benchmark(step) == size
+    assert received == data
+
+
+@QUICK
+@pytest.mark.parametrize("implementation", STREAM)
+def test_stream_splice_step(benchmark, socket_pair, tmp_path, implementation):
+    """The peer sends 64 KiB; one SpliceSink.step moves it into the file (rewound each time)."""
+    near, far = socket_pair
+    far.setblocking(True)
+    size = 65536
+    data = os.urandom(size)
+    out = os.open(tmp_path / "upload", os.O_WRONLY | os.O_CREAT, 0o600)
+    sink = STREAM[implementation].SpliceSink()
+    benchmark.group = "stream.SpliceSink.step 64 KiB"
+
+    def step():
+        far.sendall(data)
+        os.lseek(out, 0, os.SEEK_SET)
+        return sink.step(near.fileno(), out, size)
+
+    try:
+        assert benchmark(step) == size
+        assert (tmp_path / "upload").read_bytes() == data
+    finally:
+        sink.close()
+        os.close(out)
+
+
+@QUICK
+@pytest.mark.parametrize("implementation", GENERATIONS)
+def test_generations_stamp(benchmark, file_of, implementation):
+    slots = 4096
+    fd = file_of(b"\0" * generations.table_bytes(slots), os.O_RDWR)
+    table = GENERATIONS[implementation].GenerationTable(fd, slots)
+    table.begin(TYPICAL_CANONICAL)
+    table.end(TYPICAL_CANONICAL)
+    benchmark.group = f"generations.GenerationTable.stamp ({len(TYPICAL_CANONICAL)} chars)"
+    assert benchmark(table.stamp, TYPICAL_CANONICAL) == 1 << 23
+
+
+@QUICK
+@pytest.mark.parametrize("implementation", GENERATIONS)
+@pytest.mark.parametrize("case", ["typical", "long"])
+def test_generations_fnv1a(benchmark, case, implementation):
+    text = TYPICAL_CANONICAL if case == "typical" else LONG_CANONICAL
+    benchmark.group = f"generations.fnv1a {case} ({len(text)} chars)"
+    assert benchmark(GENERATIONS[implementation].fnv1a, text) == generations_oracle.fnv1a(text)
+
+
+@QUICK
+@pytest.mark.parametrize("implementation", FSOPS)
+def test_fsops_rename_exchange(benchmark, tmp_path, implementation):
+    """Swap two small files in one directory (each call swaps them back)."""
+    (tmp_path / "a").write_bytes(b"A")
+    (tmp_path / "b").write_bytes(b"B")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    exchange = FSOPS[implementation].rename_exchange
+    benchmark.group = "fsops.rename_exchange"
+    try:
+        benchmark(exchange, fd, "a", fd, "b")
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+    assert {(tmp_path / "a").read_bytes(), (tmp_path / "b").read_bytes()} == {b"A", b"B"}

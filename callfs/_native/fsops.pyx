@@ -21,6 +21,8 @@ cdef extern from "stdio.h" nogil:
 cdef int _rename2(int src_dir, str src, int dst_dir, str dst, unsigned int flags) except -1:
     cdef bytes a = src.encode("utf-8", "surrogateescape")
     cdef bytes b = dst.encode("utf-8", "surrogateescape")
+    if b"\0" in a or b"\0" in b:
+        raise ValueError("embedded null byte")  # as os.rename: C would cut the name short
     cdef const char* pa = a
     cdef const char* pb = b
     cdef int rc
@@ -34,12 +36,12 @@ cdef int _rename2(int src_dir, str src, int dst_dir, str dst, unsigned int flags
             return -1
 
 
-def rename_exchange(int src_dir, str src, int dst_dir, str dst):
+def rename_exchange(int src_dir, str src not None, int dst_dir, str dst not None):
     """Swap two existing names atomically. FileNotFoundError when either is missing; OSError
     (EINVAL) where the filesystem cannot exchange."""
     _rename2(src_dir, src, dst_dir, dst, RENAME_EXCHANGE)
 
 
-def rename_noreplace(int src_dir, str src, int dst_dir, str dst):
+def rename_noreplace(int src_dir, str src not None, int dst_dir, str dst not None):
     """Rename only when `dst` does not exist (FileExistsError otherwise), atomically."""
     _rename2(src_dir, src, dst_dir, dst, RENAME_NOREPLACE)

@@ -36,6 +36,8 @@ cdef extern from *:
 
 from libc.errno cimport errno
 from libc.string cimport strerror
+from posix.stat cimport fstat, struct_stat as stat_t
+from posix.types cimport off_t
 
 cdef uint64_t FNV_OFFSET = 14695981039346656037ULL
 cdef uint64_t FNV_PRIME = 1099511628211ULL
@@ -52,8 +54,14 @@ cpdef uint64_t fnv1a(str text):
     return h
 
 
+# Far more slots than any cache needs, and small enough that sizes never overflow.
+MAX_SLOTS = 1 << 32
+
+
 def table_bytes(Py_ssize_t slots):
     """The size of the file that holds a table of `slots` path slots (plus the global one)."""
+    if slots < 1 or slots > MAX_SLOTS:
+        raise ValueError(f"a generation table has 1 to {MAX_SLOTS} slots")
     return (slots + 1) * 16
 
 
@@ -61,10 +69,15 @@ cdef class GenerationTable:
     # words: [begun, ended] per slot; slot 0 is global
 
     def __cinit__(self, int fd, Py_ssize_t slots):
-        if slots < 1:
-            raise ValueError("a generation table needs at least one slot")
+        self.words = NULL
+        self.length = table_bytes(slots)
         self.slots = slots
-        self.length = (slots + 1) * 16
+        cdef stat_t info
+        if fstat(fd, &info) != 0:
+            raise OSError(errno, strerror(errno).decode())
+        if info.st_size < <off_t>self.length:
+            # Touching a mapped page past the end of the file would kill the process (SIGBUS).
+            raise ValueError(f"the table file holds {info.st_size} bytes; {self.length} needed")
         cdef void* mem = mmap(NULL, self.length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if mem == MAP_FAILED:
             raise OSError(errno, strerror(errno).decode())

@@ -7,6 +7,7 @@ cdef class SpliceSink:
     cdef int pipe_r, pipe_w
     cdef readonly long long moved
     cdef size_t capacity
+    cdef bint broken
     cdef void _close(self) noexcept
     cdef int _flush(self, int fd, size_t pending) except -1
     cpdef long long step(self, int sock, int fd, long long remaining) except -2

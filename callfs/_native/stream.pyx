@@ -18,7 +18,7 @@ cdef extern from "fcntl.h" nogil:
                    unsigned int flags)
     int fcntl(int fd, int cmd, ...)
     int pipe2(int pipefd[2], int flags)
-    int O_CLOEXEC, O_NONBLOCK
+    int O_CLOEXEC, O_NONBLOCK, O_APPEND, F_GETFL
     unsigned int SPLICE_F_MOVE, SPLICE_F_NONBLOCK
     int F_SETPIPE_SZ, F_GETPIPE_SZ
 
@@ -70,6 +70,7 @@ cdef class SpliceSink:
     def __cinit__(self):
         self.pipe_r = -1
         self.pipe_w = -1
+        self.broken = False
 
     def __init__(self):
         cdef int fds[2]
@@ -119,6 +120,14 @@ cdef class SpliceSink:
         closed before `remaining` was reached. Errors raise OSError."""
         if self.pipe_r < 0:
             raise ValueError("the sink is closed")
+        if self.broken:
+            raise ValueError("the sink failed to write; its pipe may hold bytes of the socket")
+        cdef int flags = fcntl(fd, F_GETFL)
+        if flags < 0:
+            _raise_errno()
+        if flags & O_APPEND:
+            # splice(2) refuses O_APPEND files only after it has taken the socket's bytes.
+            raise ValueError("splice cannot write to a file opened with O_APPEND")
         cdef long long total = 0
         cdef ssize_t n
         cdef size_t want
@@ -127,7 +136,9 @@ cdef class SpliceSink:
             with nogil:
                 n = splice(sock, NULL, self.pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             if n > 0:
+                self.broken = True  # until the pipe is empty again
                 self._flush(fd, n)
+                self.broken = False
                 total += n
                 remaining -= n
                 self.moved += n
