@@ -31,6 +31,7 @@ MAX_PIPELINE = 32
 DISCARD_LIMIT = 1024 * 1024
 LINGER = 2.0
 FILE_CHUNK = 256 * 1024
+SPLICE_MIN = 64 * 1024  # bodies above this wait in the socket for the handler
 
 _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
@@ -219,6 +220,10 @@ class HttpProtocol(asyncio.Protocol):
                           parser.should_keep_alive(), body, self.tls, self.peer)
         if expected == 0:
             body.complete = True
+        elif expected is not None and expected > SPLICE_MIN and self._sock_fd >= 0:
+            # Leave a large body in the socket until the handler asks: then it can move by
+            # splice instead of through Python (only what came with the head is read now).
+            self._set_pause(_PAUSE_BODY)
         self._current = request
         self.pipeline.append(request)
         if len(self.pipeline) > MAX_PIPELINE:

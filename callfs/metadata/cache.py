@@ -7,7 +7,9 @@ any process serving the same store on this host, invalidates every copy at once,
 entry read while a write was in flight is never kept. A process killed mid-write leaves its
 slot marked busy: those paths are read through from then on, never served stale.
 
-Only `get` is cached. Listings, batch lookups and everything under a lock read the store.
+Point lookups (`get`, `get_many`) are cached; listings always read the store. Reads under a
+path's lock may use the cache too: an entry is exact until a write begins, and that write
+needs the same lock.
 """
 import os
 
@@ -76,7 +78,10 @@ class CachedStore:
     async def load(self, path: str):
         """Read through: a fresh CacheEntry (kept when no write was in flight), or None."""
         stamp = self.table.stamp(path)
-        inode = await self.store.get(path)
+        return self._keep(path, await self.store.get(path), stamp)
+
+    def _keep(self, path: str, inode, stamp: int):
+        """Record what a read found (`stamp` taken before the read); the entry, or None."""
         self._drop(path)
         if inode is None:
             return None
@@ -119,7 +124,24 @@ class CachedStore:
             cost -= entry.cost
 
     async def get_many(self, paths):
-        return await self.store.get_many(paths)
+        """Cached entries where exact; one store query for the rest (which are then cached)."""
+        found = {}
+        missing = []
+        for path in paths:
+            entry = self.lookup(path)
+            if entry is not None:
+                found[path] = entry.inode
+            else:
+                missing.append(path)
+        if missing:
+            stamps = [self.table.stamp(path) for path in missing]
+            fetched = await self.store.get_many(missing)
+            for path, stamp in zip(missing, stamps):
+                inode = fetched.get(path)
+                self._keep(path, inode, stamp)
+                if inode is not None:
+                    found[path] = inode
+        return found
 
     async def list_children(self, directory):
         return await self.store.list_children(directory)
