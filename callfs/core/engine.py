@@ -8,6 +8,8 @@ its bytes.
 """
 import asyncio
 import logging
+
+import msgspec
 from collections.abc import Callable
 
 from callfs._native.pathnorm import ancestors
@@ -25,8 +27,6 @@ log = logging.getLogger("callfs.engine")
 Check = Callable[[Inode | None], None]
 
 MAX_UPLOAD = 10 * 1024 ** 3  # API.md §2: 10 GiB per file body
-_OPEN_FIRST_RETRY = 0.0005  # seconds; doubled up to _OPEN_LAST_RETRY (about 0.5 s in all)
-_OPEN_LAST_RETRY = 0.256
 
 
 class CrossServerConflict(errors.CallFSError):
@@ -86,27 +86,22 @@ class Engine:
     async def open_current(self, identity: str, inode: Inode):
         """Open a file's bytes with the metadata that describes them: (inode, handle).
 
-        Bytes are published a moment before their metadata is recorded, and every write stamps
-        the file with the mtime it records. An open file newer than its metadata (or of another
-        size) is a write between the two steps: look again, briefly, until they agree. A file
-        never stamped (written by an earlier release) is older than its record and is served
-        as it is; after the waits, what is on disk is served (its length is the truth).
+        Every write stamps its file with the mtime it records, publishes the bytes and then
+        records them, all under the path's lock. So bytes newer than their record belong to the
+        one write in progress (or one a crash interrupted), and the record it will write is
+        known: the next version, with the file's size and stamp. They are served as that, so
+        headers (size, ETag) always describe the bytes sent. Bytes not newer than the record
+        but of another size (written before stamps existed, or torn by a crash) are served
+        with their own size.
         """
-        delay = _OPEN_FIRST_RETRY
-        while True:
-            handle = self.open_file(identity, inode)
-            on_disk = getattr(handle, "mtime_ns", None)
-            if handle.size == inode.size and (on_disk is None or on_disk <= inode.mtime_ns):
-                return inode, handle
-            if delay > _OPEN_LAST_RETRY:
-                return inode, handle
-            handle.close()
-            await asyncio.sleep(delay)
-            delay *= 2
-            fresh = await self._get(inode.path)
-            if fresh is None or fresh.type != FILE:
-                raise errors.NotFound()
-            inode = fresh
+        handle = self.open_file(identity, inode)
+        on_disk = getattr(handle, "mtime_ns", None)
+        if on_disk is None or (handle.size == inode.size and on_disk <= inode.mtime_ns):
+            return inode, handle
+        if on_disk > inode.mtime_ns:
+            return msgspec.structs.replace(inode, size=handle.size, mtime_ns=on_disk,
+                                           version=inode.version + 1), handle
+        return msgspec.structs.replace(inode, size=handle.size), handle
 
     async def list_directory(self, identity: str, directory: Inode) -> list[Inode]:
         if not permissions.may_read(identity, directory):

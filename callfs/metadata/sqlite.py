@@ -2,7 +2,9 @@
 
 Reads run on the event loop's thread (WAL readers never wait for writers; a point lookup costs
 microseconds). Writes run on one dedicated thread, because a durable commit waits for fsync and
-another process may hold the write lock for a while.
+another process may hold the write lock for a while. Without durability (no fsync at commit) a
+write whose lock is free at once commits on the loop's thread instead, sparing the thread hop;
+if anyone holds the lock, it goes to the thread and waits there.
 """
 import asyncio
 import os
@@ -49,13 +51,14 @@ class SQLiteStore:
         self._durable = durable
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None  # loop-thread writer, never waits
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callfs-sqlite")
         self._write_lock = threading.Lock()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                               timeout=_BUSY_TIMEOUT_MS / 1000)
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+                               timeout=busy_timeout_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
         return conn
@@ -71,6 +74,8 @@ class SQLiteStore:
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._migrate()
             self._reader = self._connect()
+            if not self._durable:
+                self._inline = self._connect(busy_timeout_ms=0)
         except sqlite3.Error as exc:
             raise errors.ServiceUnavailable(f"metadata store: {exc}") from exc
 
@@ -107,10 +112,10 @@ class SQLiteStore:
         self._pool.shutdown(wait=True)
 
     def _close_sync(self) -> None:
-        for conn in (self._reader, self._writer):
+        for conn in (self._reader, self._writer, self._inline):
             if conn is not None:
                 conn.close()
-        self._reader = self._writer = None
+        self._reader = self._writer = self._inline = None
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -166,8 +171,31 @@ class SQLiteStore:
                     pass
                 raise
 
+    async def _write(self, fn, *args):
+        conn = self._inline
+        if conn is not None and self._write_lock.acquire(blocking=False):
+            try:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError:
+                    pass  # another process writes: wait for it on the writer thread
+                else:
+                    try:
+                        result = fn(conn, *args)
+                        conn.execute("COMMIT")
+                        return result
+                    except BaseException:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                        raise
+            finally:
+                self._write_lock.release()
+        return await self._run(self._transaction, fn, *args)
+
     async def create(self, ancestors: list[NewInode], entry: NewInode) -> Inode:
-        return await self._run(self._transaction, self._create_tx, ancestors, entry)
+        return await self._write(self._create_tx, ancestors, entry)
 
     def _create_tx(self, conn, ancestors: list[NewInode], entry: NewInode) -> Inode:
         parent_id = None
@@ -201,7 +229,7 @@ class SQLiteStore:
         return cur.lastrowid
 
     async def update_content(self, inode: Inode, size: int, mtime_ns: int) -> Inode:
-        return await self._run(self._transaction, self._update_content_tx, inode, size, mtime_ns)
+        return await self._write(self._update_content_tx, inode, size, mtime_ns)
 
     def _update_content_tx(self, conn, inode: Inode, size: int, mtime_ns: int) -> Inode:
         stamp = rfc3339_nanos(mtime_ns)
@@ -214,7 +242,7 @@ class SQLiteStore:
         return _inode(row)
 
     async def delete(self, inode: Inode) -> None:
-        await self._run(self._transaction, self._delete_tx, inode)
+        await self._write(self._delete_tx, inode)
 
     def _delete_tx(self, conn, inode: Inode) -> None:
         if conn.execute("SELECT 1 FROM inodes WHERE parent_id = ? LIMIT 1", (inode.id,)).fetchone():
