@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The benchmark command: CallFS against nginx and against a bare uvloop + httptools server (the
+# "ceiling"), on loopback, one server at a time, driven by a patched wrk. Prints one table and
+# writes every raw number to a JSON file. What each workload is: docs/benchmarks.md.
+# Usage: ci/bench.sh [--duration SECONDS] [--smoke] [--only a,b,...] [--json PATH]
+#
+# Environment: CALLFS_VENV (use this existing installation as it is, instead of installing the
+# checkout into .venv), CALLFS_CEILING (path of pyceiling.py; default ../shared/bench/),
+# CALLFS_BENCH_MIRROR (Debian mirror for wrk's source), XDG_CACHE_HOME (where wrk is cached).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+# Debian bookworm's wrk, the source bench/wrk-head.patch applies to.
+WRK_SUITE=bookworm
+WRK_VERSION=4.1.0-3
+MIRROR=${CALLFS_BENCH_MIRROR:-http://deb.debian.org/debian}
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/callfs-bench
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "CallFS needs Python 3.11 or newer" >&2
+    exit 1
+fi
+for arg in "$@"; do
+    case $arg in -h | --help) exec "$PYTHON" bench/harness.py --help ;; esac
+done
+# A typo in the arguments should not wait for the installs below.
+"$PYTHON" bench/harness.py --check-args "$@"
+
+APT_UPDATED=
+# apt_install PACKAGE...: install the packages that are missing, when this user may.
+apt_install() {
+    local missing=() package status
+    for package in "$@"; do
+        status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
+        [[ $status == *"ok installed"* ]] || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "ci/bench.sh needs these packages: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "ci/bench.sh: installing ${missing[*]}" >&2
+    if [ -z "$APT_UPDATED" ]; then
+        timeout 300 apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive timeout 900 \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# -- nginx, with the DAV module for PUT -------------------------------------------------------
+NGINX=$(command -v nginx || true)
+NGINX=${NGINX:-/usr/sbin/nginx}
+if [ ! -x "$NGINX" ]; then
+    apt_install nginx-light
+fi
+if ! "$NGINX" -V 2>&1 | grep -q -- --with-http_dav_module; then
+    echo "$NGINX lacks the DAV module (install nginx-light)" >&2
+    exit 1
+fi
+
+# -- wrk: Debian's source with our patch, built once per patch --------------------------------
+PATCH_HASH=$(sha256sum bench/wrk-head.patch | cut -c1-16)
+WRK_TAG="debian/$WRK_VERSION+callfs-bench-$PATCH_HASH"
+WRK=$CACHE/wrk-$WRK_VERSION-$PATCH_HASH/wrk
+WORK=
+trap '[ -z "$WORK" ] || rm -rf "$WORK"' EXIT
+
+build_wrk() {
+    apt_install gcc make libc6-dev pkg-config libluajit-5.1-dev luajit libssl-dev dpkg-dev \
+        patch xz-utils
+    echo "ci/bench.sh: building wrk $WRK_VERSION with bench/wrk-head.patch" >&2
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/callfs-bench-wrk.XXXXXX")
+    # A private source list, package lists and cache: the system's apt setup is left alone.
+    mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/apt/parts"
+    local signed=
+    [ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ] ||
+        signed="[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+    echo "deb-src $signed$MIRROR $WRK_SUITE main" >"$WORK/apt/sources.list"
+    local apt=(apt-get -qq
+        -o Dir::Etc::SourceList="$WORK/apt/sources.list"
+        -o Dir::Etc::SourceParts="$WORK/apt/parts"
+        -o Dir::State::Lists="$WORK/apt/lists"
+        -o Dir::Cache="$WORK/apt/cache")
+    [ "$(id -u)" != 0 ] || apt+=(-o APT::Sandbox::User=root)
+    timeout 300 "${apt[@]}" update
+    (cd "$WORK" && timeout 300 "${apt[@]}" source --download-only "wrk=$WRK_VERSION")
+    # apt checked every file against the signed index; dpkg-source's own complaint that it
+    # has no key for the uploader's signature is only shown if unpacking fails.
+    dpkg-source -x "$WORK/wrk_$WRK_VERSION.dsc" "$WORK/src" >"$WORK/unpack.log" 2>&1 ||
+        { cat "$WORK/unpack.log" >&2; exit 1; }
+    patch -s -d "$WORK/src" -p1 --fuzz=0 --no-backup-if-mismatch <bench/wrk-head.patch
+    # The flags of Debian's rules: the system LuaJIT and OpenSSL, not wrk's bundled copies.
+    timeout 600 make -s -C "$WORK/src" -j"$(nproc)" WITH_LUAJIT=/usr WITH_OPENSSL=/usr \
+        VER="$WRK_TAG" >/dev/null 2>&1 ||
+        { echo "building wrk failed" >&2; exit 1; }
+    mkdir -p "$(dirname "$WRK")"
+    cp "$WORK/src/wrk" "$WRK.tmp.$$"
+    mv "$WRK.tmp.$$" "$WRK"
+    rm -rf "$WORK"
+    WORK=
+}
+# A cached binary must still start (its LuaJIT and OpenSSL libraries may have gone).
+# (wrk -v prints its version, then exits 1 for want of a URL.)
+case $("$WRK" -v 2>&1 || true) in *"$WRK_TAG"*) ;; *) build_wrk ;; esac
+
+# -- CallFS, installed from this checkout as ci/test.sh does ----------------------------------
+if [ -n "${CALLFS_VENV:-}" ]; then
+    VENV=$CALLFS_VENV
+    if [ ! -x "$VENV/bin/callfs" ]; then
+        echo "no callfs in CALLFS_VENV=$VENV" >&2
+        exit 1
+    fi
+else
+    VENV=.venv
+    if [ ! -x "$VENV/bin/python" ]; then
+        if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+            # Debian splits venv out of the interpreter package.
+            apt_install python3-venv python3-dev gcc
+            rm -rf "$VENV"
+            "$PYTHON" -m venv "$VENV"
+        fi
+    fi
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check .
+fi
+
+# -- the ceiling lives outside the repository; it is optional ---------------------------------
+CEILING=${CALLFS_CEILING:-../shared/bench/pyceiling.py}
+if [ -f "$CEILING" ]; then
+    CEILING=$(realpath "$CEILING")
+else
+    echo "note: no pyceiling.py at $CEILING (set CALLFS_CEILING): no ceiling column" >&2
+    CEILING=
+fi
+
+exec "$VENV/bin/python" bench/harness.py --wrk "$WRK" --nginx "$NGINX" \
+    --callfs "$(realpath "$VENV/bin/callfs")" --ceiling "$CEILING" "$@"
