@@ -1,13 +1,14 @@
 """`callfs server`: prepare once, then serve from N worker processes sharing the port.
 
 The master validates what can fail (store reachable and migrated, local root, certificates,
-the address), removes temporaries left by a crash, and only then forks. Each worker binds its
+the address), recovers writes a crash interrupted, and only then forks. Each worker binds its
 own SO_REUSEPORT socket, so the kernel spreads connections. A worker that dies is replaced;
 SIGTERM/SIGINT drain every worker within the deadline and exit 0.
 """
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
@@ -21,7 +22,7 @@ from callfs.api.directories import DirectoriesAPI
 from callfs.api.files import FilesAPI
 from callfs.api.system import SystemAPI
 from callfs.backends.localfs import LocalFSBackend
-from callfs.core.engine import Engine
+from callfs.core.engine import Engine, recover
 from callfs.http.auth import Authenticator
 from callfs.http.hotpath import HotPath
 from callfs.http.protocol import HttpProtocol
@@ -35,6 +36,8 @@ from callfs.observability.metrics import AttributeCounter
 log = logging.getLogger("callfs.server")
 
 DRAIN_SECONDS = 30.0
+RECOVERY_INTERVAL = 300.0  # seconds between looks for crash leftovers while serving
+RECOVERY_MIN_AGE = 60.0
 GIL_SWITCH_SECONDS = 0.0002
 IDLE_SECONDS = 120.0
 _RESTART_WINDOW = 10.0
@@ -142,6 +145,19 @@ def _build_store(cfg):
     return SQLiteStore(cfg.metadata_store.sqlite_path, durable=cfg.backend.localfs_fsync)
 
 
+def _build_engine(cfg, store, locks) -> Engine:
+    localfs = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
+    return Engine(
+        store=store, locks=locks, backends={"localfs": localfs},
+        default_backend=cfg.backend.default_backend or "localfs",
+        instance_id=cfg.instance_discovery.instance_id,
+        file_op_timeout=cfg.server.file_op_timeout,
+        metadata_op_timeout=cfg.server.metadata_op_timeout,
+        file_mode=cfg.auth.default_file_mode,
+        dir_mode=cfg.auth.default_dir_mode,
+    )
+
+
 async def _prepare(cfg) -> int:
     backend = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
     try:
@@ -149,33 +165,32 @@ async def _prepare(cfg) -> int:
     except OSError as exc:
         raise StartupError(f"cannot create the local root {cfg.backend.localfs_root_path}: "
                            f"{exc.strerror or exc}") from exc
-    store = _build_store(cfg)
+    store = CachedStore(_build_store(cfg), open_table(_generations_path(cfg)))
     try:
         await store.open()
     except Exception as exc:
         raise StartupError(f"cannot open the metadata store: {exc}") from exc
+    locks = LocalLockManager()
+    await locks.open()
     try:
-        return await _sweep(backend, store)
+        return await recover(_build_engine(cfg, store, locks))
     finally:
+        await locks.close()
         await store.close()
 
 
-async def _sweep(backend, store) -> int:
-    """Remove staged writes a crash left behind; a user's file that merely has such a name is
-    known to the metadata store and stays."""
-    candidates = backend.temporaries()
-    removed = 0
-    for start in range(0, len(candidates), 500):
-        batch = candidates[start:start + 500]
-        known = await store.get_many(batch)
-        for path in batch:
-            if path not in known:
-                backend.remove_temporary(path)
-                removed += 1
-    return removed
+async def _recover_forever(engine: Engine) -> None:
+    """Leftovers of a worker that died mid-write, while the others serve: each entry is taken
+    under its lock, and only leftovers that stood still for a while are looked at."""
+    while True:
+        await asyncio.sleep(RECOVERY_INTERVAL * (0.75 + random.random() / 2))
+        try:
+            handled = await recover(engine, min_age=RECOVERY_MIN_AGE)
+            if handled:
+                log.info("recovered interrupted writes", extra={"count": handled})
+        except Exception:
+            log.exception("recovery failed; retrying later")
 
-
-# -- a worker --------------------------------------------------------------------------------
 
 async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
@@ -186,16 +201,7 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     await store.open()
     locks = LocalLockManager(lock_fd)
     await locks.open()
-    localfs = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
-    engine = Engine(
-        store=store, locks=locks, backends={"localfs": localfs},
-        default_backend=cfg.backend.default_backend or "localfs",
-        instance_id=cfg.instance_discovery.instance_id,
-        file_op_timeout=cfg.server.file_op_timeout,
-        metadata_op_timeout=cfg.server.metadata_op_timeout,
-        file_mode=cfg.auth.default_file_mode,
-        dir_mode=cfg.auth.default_dir_mode,
-    )
+    engine = _build_engine(cfg, store, locks)
     auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret)
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
     router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine), system=SystemAPI())
@@ -212,11 +218,13 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     sweeper = loop.create_task(state.sweep_forever())
+    recovery = loop.create_task(_recover_forever(engine))
     log.info("serving", extra={"pid": os.getpid(), "listen": cfg.server.listen_addr,
                                "tls": context is not None})
     await stop.wait()
     await _drain(server, state)
     sweeper.cancel()
+    recovery.cancel()
     await store.close()
 
 
@@ -255,9 +263,9 @@ def serve(loaded, workers: int | None = None) -> int:
     workers = workers or os.cpu_count() or 1
     try:
         _check_supported(cfg)
-        swept = asyncio.run(_prepare(cfg))
-        if swept:
-            log.info("removed temporary files left by an interrupted write", extra={"count": swept})
+        recovered = asyncio.run(_prepare(cfg))
+        if recovered:
+            log.info("recovered writes a crash interrupted", extra={"count": recovered})
         _ssl_context(cfg)
         listen_socket(cfg.server.listen_addr, bind_only=True).close()
     except StartupError as exc:

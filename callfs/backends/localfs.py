@@ -9,11 +9,14 @@ import errno
 import os
 import secrets
 import stat
+import time
 
 from callfs._native.fsops import rename_exchange
+from callfs._native.generations import fnv1a
 from callfs.core import errors
 
 TMP_PREFIX = ".callfs-tmp-"
+_OLD = "-old"  # suffix of the old version's second name where exchange is unsupported
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
 _SHORT_PATH = 3800  # bytes-ish: well under PATH_MAX (4096) for an absolute path string
@@ -40,19 +43,28 @@ class ReadHandle:
             self.fd = -1
 
 
+def tmp_name(target: str) -> str:
+    """A staged file's name: random, plus a hash of the name it will take, so that recovery
+    after a crash can tell which entry a leftover belongs to."""
+    return f"{TMP_PREFIX}{secrets.token_hex(8)}-{fnv1a(target):016x}"
+
+
 class LocalUpload:
     """One staged file, named relative to its directory's descriptor. `write` appends
     synchronously (page-cache writes are short); `commit` does the slow part, fsync, off the
-    event loop."""
+    event loop, and publishes the file; `finish` (after the metadata records it) or `undo`
+    (when it could not) ends the write. Until then the temporary name stays on disk: it is
+    the write's intent record, which recovery finds if the process dies in between."""
 
     def __init__(self, dir_fd: int, name: str, durable: bool):
         self.dir_fd = dir_fd
         self.name = name
-        self.tmp = TMP_PREFIX + secrets.token_hex(8)
+        self.tmp = tmp_name(name)
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                           _FILE_MODE, dir_fd=dir_fd)
         self.size = 0
         self._durable = durable
+        self._published = None  # "exchange" (tmp now holds the old version) or "link"
 
     def write(self, chunk) -> None:
         view = memoryview(chunk)
@@ -80,34 +92,83 @@ class LocalUpload:
             self._publish()
             if self._durable:
                 await asyncio.to_thread(os.fsync, self.dir_fd)
-        finally:
-            self.abort()
+        except BaseException:
+            if self._published:
+                self.undo()
+            else:
+                self.abort()
+            raise
 
     def _publish(self) -> None:
-        """The staged file takes the name. Over an existing file: exchange, then unlink the old
-        version (now under the temporary name) — atomic for readers, and it spares ext4 the
-        writeback that rename(2) starts when it replaces a file (see _native/fsops)."""
+        """The staged file takes the name, atomically for readers. Over an existing file the
+        names are exchanged (the old version stays under the temporary name until `finish`):
+        this also spares ext4 the writeback that rename(2) starts when it replaces a file
+        (see _native/fsops). A new name is a hard link, so the temporary name remains too."""
         dir_fd = self.dir_fd
         try:
             rename_exchange(dir_fd, self.tmp, dir_fd, self.name)
         except FileNotFoundError:
-            pass  # nothing to replace (or no exchange support on this filesystem): rename
+            pass  # nothing to replace
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 raise
-        else:
+            # No exchange on this filesystem: keep a copy of the old version as the intent.
             try:
-                os.unlink(self.tmp, dir_fd=dir_fd)
+                os.link(self.name, self.tmp + _OLD, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
             except IsADirectoryError:
-                rename_exchange(dir_fd, self.tmp, dir_fd, self.name)  # put the directory back
                 raise errors.AlreadyExists("a directory exists at this path") from None
-            self.tmp = None
+            else:
+                try:
+                    os.rename(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except IsADirectoryError:
+                    os.unlink(self.tmp + _OLD, dir_fd=dir_fd)
+                    raise errors.AlreadyExists("a directory exists at this path") from None
+                self.tmp += _OLD
+                self._published = "exchange"
+                return
+        else:
+            self._published = "exchange"
+            if stat.S_ISDIR(os.stat(self.tmp, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                self.undo()
+                raise errors.AlreadyExists("a directory exists at this path")
             return
         try:
-            os.rename(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except IsADirectoryError:
-            raise errors.AlreadyExists("a directory exists at this path") from None
-        self.tmp = None
+            os.link(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            raise errors.AlreadyExists("the path appeared while writing") from None
+        self._published = "link"
+
+    def finish(self) -> None:
+        """The metadata records the new version: drop the intent (the old version, or the
+        second name of a new file)."""
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+        self._close_dir()
+
+    def undo(self) -> None:
+        """The metadata could not record the write: put back what the name held before."""
+        dir_fd = self.dir_fd
+        try:
+            if self._published == "exchange" and self.tmp is not None:
+                if self.tmp.endswith(_OLD):
+                    os.rename(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    self.tmp = None
+                else:
+                    rename_exchange(dir_fd, self.tmp, dir_fd, self.name)
+            elif self._published == "link":
+                os.unlink(self.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            self._published = None
+            self.abort()
 
     def abort(self) -> None:
         if self.fd >= 0:
@@ -119,6 +180,9 @@ class LocalUpload:
             except FileNotFoundError:
                 pass
             self.tmp = None
+        self._close_dir()
+
+    def _close_dir(self) -> None:
         if self.dir_fd >= 0:
             os.close(self.dir_fd)
             self.dir_fd = -1
@@ -246,20 +310,66 @@ class LocalFSBackend:
         finally:
             os.close(dir_fd)
 
-    def temporaries(self) -> list[str]:
-        """Namespace paths of files named like a staged write (candidates for the sweep)."""
+    def leftovers(self, min_age: float = 0.0) -> list["Leftover"]:
+        """Files named like a staged write, at least `min_age` seconds since their name last
+        changed: crash leftovers (or, without an age, writes in flight), each with the entry it
+        belongs to when that can be told from its name."""
         found = []
         if not self.root or not os.path.isdir(self.root):
             return found
-        for directory, _dirs, files in os.walk(self.root):
-            for name in files:
-                if name.startswith(TMP_PREFIX):
-                    relative = os.path.relpath(os.path.join(directory, name), self.root)
-                    found.append("/" + relative.replace(os.sep, "/"))
+        cutoff = time.time_ns() - int(min_age * 1e9)
+        for directory, dirs, files in os.walk(self.root):
+            staged = [name for name in files if name.startswith(TMP_PREFIX)]
+            if not staged:
+                continue
+            by_hash = {}
+            for name in files + dirs:
+                if not name.startswith(TMP_PREFIX):
+                    by_hash.setdefault(f"{fnv1a(name):016x}", name)
+            base = os.path.relpath(directory, self.root).replace(os.sep, "/")
+            base = "" if base == "." else "/" + base
+            for name in staged:
+                try:
+                    info = os.lstat(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue
+                if info.st_ctime_ns > cutoff:
+                    continue
+                parts = name[len(TMP_PREFIX):].split("-")
+                target = by_hash.get(parts[1]) if len(parts) >= 2 else None
+                same = False
+                if target is not None:
+                    try:
+                        other = os.lstat(os.path.join(directory, target))
+                        same = (other.st_ino, other.st_dev) == (info.st_ino, info.st_dev)
+                    except FileNotFoundError:
+                        target = None
+                found.append(Leftover(f"{base}/{name}",
+                                      None if target is None else f"{base}/{target}", same))
         return found
+
+    def disk_version(self, path: str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of the regular file at `path`, or None."""
+        try:
+            info = os.lstat(self.disk_path(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
 
     def remove_temporary(self, path: str) -> None:
         try:
             os.unlink(self.disk_path(path))
         except FileNotFoundError:
             pass
+
+
+class Leftover:
+    """A staged file found on disk: `tmp` its path, `target` the entry it was written for
+    (None when unknown), `same` when both names are one file (a new file, linked in)."""
+
+    __slots__ = ("tmp", "target", "same")
+
+    def __init__(self, tmp: str, target: str | None, same: bool):
+        self.tmp = tmp
+        self.target = target
+        self.same = same

@@ -254,26 +254,34 @@ class Engine:
         backend_name = self.default_backend
         backend = self.backends[backend_name]
         stamp = now_ns()
-        size = await self._stage(backend, path, body, stamp)
-        entry = NewInode(path=path, type=FILE, size=size, mode=self.file_mode, owner=identity,
-                         group=identity, mtime_ns=stamp, backend=backend_name,
+        upload = await self._stage(backend, path, body, stamp)
+        entry = NewInode(path=path, type=FILE, size=upload.size, mode=self.file_mode,
+                         owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
                          instance_id=self.instance_id if backend_name == "localfs" else None)
-        try:
-            return await self.store.create(self._ancestor_rows(path, identity, stamp, backend_name), entry)
-        except BaseException:
-            # The bytes were published for an entry that could not be recorded: take them back.
-            backend.remove(path, False)
-            raise
+        ancestors = self._ancestor_rows(path, identity, stamp, backend_name)
+        return await self._record(upload, self.store.create(ancestors, entry))
 
     async def _replace(self, existing: Inode, body) -> Inode:
         backend = self.backend_for(existing)
         stamp = now_ns()
-        size = await self._stage(backend, existing.path, body, stamp)
-        return await self.store.update_content(existing, size, stamp)
+        upload = await self._stage(backend, existing.path, body, stamp)
+        return await self._record(upload, self.store.update_content(existing, upload.size, stamp))
 
-    async def _stage(self, backend, path: str, body, stamp: int) -> int:
+    @staticmethod
+    async def _record(upload, recording):
+        """Bytes are published; record them. If that fails, the name gets its old content
+        back; if the process dies first, the upload's intent lets recovery finish the job."""
+        try:
+            inode = await recording
+        except BaseException:
+            upload.undo()
+            raise
+        upload.finish()
+        return inode
+
+    async def _stage(self, backend, path: str, body, stamp: int):
         """Stream the body into a staged object and publish it, stamped with the mtime the
-        metadata will record; returns the size stored."""
+        metadata will record; returns the upload, to `finish` or `undo` once recorded."""
         upload = backend.begin_write(path)
         try:
             fill = getattr(upload, "fill", None)
@@ -292,7 +300,7 @@ class Engine:
             upload.abort()
             raise
         await upload.commit(stamp)
-        return upload.size
+        return upload
 
     # -- deletion ----------------------------------------------------------------------------
 
@@ -318,6 +326,51 @@ class Engine:
     def _check_delete(identity: str, inode: Inode) -> None:
         if not permissions.may_delete(identity, inode) or inode.path == ROOT:
             raise errors.PermissionDenied()
+
+
+async def recover(engine: "Engine", *, min_age: float = 0.0, lock_timeout: float = 0.5) -> int:
+    """Finish or take back the writes a crash interrupted; returns how many leftovers it
+    handled. Each staged file is the intent record of one write (its name tells the entry):
+
+    - not published, or published as a new file the metadata never recorded: taken back;
+    - published over an existing file but not recorded: rolled forward (the bytes on disk are
+      newer than the record, by their stamp), so the record describes the bytes again;
+    - recorded: only the intent remains, and goes.
+
+    Each entry is handled under its lock, so a write in progress (which holds it) is skipped.
+    A file of a user's that merely has such a name is an entry of the namespace, and stays.
+    """
+    handled = 0
+    for name, backend in engine.backends.items():
+        leftovers = getattr(backend, "leftovers", None)
+        if leftovers is None:
+            continue
+        for item in leftovers(min_age):
+            if await engine.store.get(item.tmp) is not None:
+                continue
+            if item.target is None:
+                backend.remove_temporary(item.tmp)
+                handled += 1
+                continue
+            try:
+                async with engine.locks.hold([file_key(item.target)], lock_timeout):
+                    await _recover_one(engine, name, backend, item)
+            except errors.LockTimeout:
+                continue  # its write is still running
+            handled += 1
+    return handled
+
+
+async def _recover_one(engine: "Engine", name: str, backend, item) -> None:
+    record = await engine.store.get(item.target)
+    disk = backend.disk_version(item.target)
+    if record is None or record.type != FILE or record.backend != name:
+        if disk is not None and (item.same or record is None):
+            backend.remove(item.target, False)  # a new file that was never recorded
+    elif disk is not None and not item.same and disk[1] > record.mtime_ns:
+        await engine.store.update_content(record, disk[0], disk[1])
+        log.info("recovered an interrupted write", extra={"path": item.target})
+    backend.remove_temporary(item.tmp)
 
 
 def _listing_key(inode: Inode):
