@@ -6,6 +6,7 @@ own SO_REUSEPORT socket, so the kernel spreads connections. A worker that dies i
 SIGTERM/SIGINT drain every worker within the deadline and exit 0.
 """
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -13,6 +14,7 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
 
 import uvloop
@@ -22,13 +24,16 @@ from callfs.api.directories import DirectoriesAPI
 from callfs.api.files import FilesAPI
 from callfs.api.system import SystemAPI
 from callfs.backends.localfs import LocalFSBackend
+from callfs.core import errors
 from callfs.core.engine import Engine, recover
 from callfs.http.auth import Authenticator
 from callfs.http.hotpath import HotPath
 from callfs.http.protocol import HttpProtocol
 from callfs.http.router import HSTS, SECURITY_HEADERS, Router
 from callfs.locks.local import LocalLockManager
+from callfs.locks.redis import RedisLockManager
 from callfs.metadata.cache import CachedStore, open_table
+from callfs.metadata.postgres import PostgresStore
 from callfs.metadata.sqlite import SQLiteStore
 from callfs.observability import logging as structured
 from callfs.observability.metrics import AttributeCounter
@@ -126,22 +131,45 @@ def listen_socket(addr: str, *, bind_only: bool = False) -> socket.socket:
 
 
 def _check_supported(cfg) -> None:
-    if cfg.metadata_store.type != "sqlite":
+    if cfg.metadata_store.type not in ("sqlite", "postgres"):
         raise StartupError(f"metadata_store.type {cfg.metadata_store.type} is not available in "
-                           "this build; use sqlite")
+                           "this build; use sqlite or postgres")
     if (cfg.backend.default_backend or "localfs") != "localfs":
         raise StartupError(f"backend.default_backend {cfg.backend.default_backend} is not "
                            "available in this build; use localfs")
-    if cfg.dlm.type != "local":
-        raise StartupError(f"dlm.type {cfg.dlm.type} is not available in this build; use local")
+    if cfg.dlm.type not in ("local", "redis"):
+        raise StartupError(f"dlm.type {cfg.dlm.type} is not available in this build")
+
+
+def _build_locks(cfg, lock_fd: int | None):
+    """Redis locks (cluster-wide) or the local manager; built in each process after forking,
+    since connections must not be shared across a fork."""
+    if cfg.dlm.type == "redis":
+        return RedisLockManager(cfg.dlm.redis_addr, cfg.dlm.redis_password)
+    return LocalLockManager(lock_fd)
+
+
+async def _open_locks(locks, cfg) -> None:
+    try:
+        await locks.open()
+    except errors.ServiceUnavailable as exc:
+        raise StartupError(f"cannot reach the lock manager (Redis at {cfg.dlm.redis_addr}): "
+                           f"{exc}") from exc
 
 
 def _generations_path(cfg) -> str:
-    """The write-generation table shared by every process serving this SQLite file."""
-    return cfg.metadata_store.sqlite_path + "-gen"
+    """The write-generation table shared by every process of this host that serves the same
+    metadata: beside the SQLite file, or in shared memory named after the PostgreSQL DSN."""
+    if cfg.metadata_store.type == "sqlite":
+        return cfg.metadata_store.sqlite_path + "-gen"
+    digest = hashlib.sha256(cfg.metadata_store.dsn.encode()).hexdigest()[:20]
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return os.path.join(folder, f"callfs-gen-{digest}")
 
 
 def _build_store(cfg):
+    if cfg.metadata_store.type == "postgres":
+        return PostgresStore(cfg.metadata_store.dsn)
     return SQLiteStore(cfg.metadata_store.sqlite_path, durable=cfg.backend.localfs_fsync)
 
 
@@ -170,9 +198,9 @@ async def _prepare(cfg) -> int:
         await store.open()
     except Exception as exc:
         raise StartupError(f"cannot open the metadata store: {exc}") from exc
-    locks = LocalLockManager()
-    await locks.open()
+    locks = _build_locks(cfg, None)
     try:
+        await _open_locks(locks, cfg)
         return await recover(_build_engine(cfg, store, locks))
     finally:
         await locks.close()
@@ -199,8 +227,8 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     store = CachedStore(_build_store(cfg), open_table(_generations_path(cfg)))
     await store.open()
-    locks = LocalLockManager(lock_fd)
-    await locks.open()
+    locks = _build_locks(cfg, lock_fd)
+    await _open_locks(locks, cfg)
     engine = _build_engine(cfg, store, locks)
     auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret)
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
@@ -225,6 +253,7 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     await _drain(server, state)
     sweeper.cancel()
     recovery.cancel()
+    await locks.close()
     await store.close()
 
 

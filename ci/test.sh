@@ -28,6 +28,9 @@ fi
 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test]"
 
+# PostgreSQL and Redis on loopback: started (or installed, as root) when not running.
+bash ci/services.sh
+
 # Run from the installed package, not the source tree (which holds no compiled modules):
 # pytest is started directly, so the checkout's root is not put on sys.path.
 exec "$VENV/bin/pytest" -p no:cacheprovider "$@" tests

@@ -221,12 +221,12 @@ class Engine:
         if check is not None:
             check(None)
         _check_announced_size(body)
-        async with self.locks.hold([file_key(path)], self.lock_timeout):
+        async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
             if await self._check_create(identity, path, FILE) is not None:
                 raise errors.AlreadyExists()
             if check is not None:
                 check(None)
-            await self._store_new(identity, path, body)
+            await self._store_new(identity, path, body, lease)
 
     async def put_file(self, identity: str, path: str, body, check: Check | None = None) -> bool:
         """PUT: create (True) or replace the content of an existing file (False)."""
@@ -236,21 +236,21 @@ class Engine:
         if check is not None:
             check(existing)
         _check_announced_size(body)
-        async with self.locks.hold([file_key(path)], self.lock_timeout):
+        async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
             existing = await self._check_create(identity, path, FILE)
             if existing is None:
                 if check is not None:
                     check(None)
-                await self._store_new(identity, path, body)
+                await self._store_new(identity, path, body, lease)
                 return True
             if existing.type == DIRECTORY:
                 raise errors.IsADirectory()
             if check is not None:
                 check(existing)
-            await self._replace(existing, body)
+            await self._replace(existing, body, lease)
             return False
 
-    async def _store_new(self, identity: str, path: str, body) -> Inode:
+    async def _store_new(self, identity: str, path: str, body, lease) -> Inode:
         backend_name = self.default_backend
         backend = self.backends[backend_name]
         stamp = now_ns()
@@ -259,20 +259,25 @@ class Engine:
                          owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
                          instance_id=self.instance_id if backend_name == "localfs" else None)
         ancestors = self._ancestor_rows(path, identity, stamp, backend_name)
-        return await self._record(upload, self.store.create(ancestors, entry))
+        return await self._record(upload, lease, self.store.create, ancestors, entry)
 
-    async def _replace(self, existing: Inode, body) -> Inode:
+    async def _replace(self, existing: Inode, body, lease) -> Inode:
         backend = self.backend_for(existing)
         stamp = now_ns()
         upload = await self._stage(backend, existing.path, body, stamp)
-        return await self._record(upload, self.store.update_content(existing, upload.size, stamp))
+        return await self._record(upload, lease, self.store.update_content, existing, upload.size,
+                                  stamp)
 
     @staticmethod
-    async def _record(upload, recording):
-        """Bytes are published; record them. If that fails, the name gets its old content
+    async def _record(upload, lease, record, *args):
+        """Bytes are published; record them — unless the lock was lost meanwhile (a lease that
+        expired while the body streamed). If recording fails, the name gets its old content
         back; if the process dies first, the upload's intent lets recovery finish the job."""
         try:
-            inode = await recording
+            check = getattr(lease, "check", None)
+            if check is not None:
+                check()
+            inode = await record(*args)
         except BaseException:
             upload.undo()
             raise

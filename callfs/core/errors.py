@@ -68,6 +68,12 @@ class LockTimeout(CallFSError):
     status, code, message = 503, "LOCK_TIMEOUT", "the path is locked by another writer; try again"
 
 
+class WriteConflict(LockTimeout):
+    """The entry changed under a writer that believed it held the lock (its lease expired)."""
+
+    message = "another writer changed the file; try again"
+
+
 class ServiceUnavailable(CallFSError):
     status, code, message = 503, "SERVICE_UNAVAILABLE", "a storage service is unavailable"
 

@@ -35,7 +35,8 @@ class MetadataStore(Protocol):
         """
 
     async def update_content(self, inode: Inode, size: int, mtime_ns: int) -> Inode:
-        """Record new content of a file: size, mtime, version + 1. NotFound if it is gone."""
+        """Record new content of a file: size, mtime, version + 1 — only if its version is still
+        `inode.version` (WriteConflict otherwise). NotFound if it is gone."""
 
     async def delete(self, inode: Inode) -> None:
         """Remove an entry; DirectoryNotEmpty for a directory with children, NotFound if gone."""

@@ -233,10 +233,16 @@ class SQLiteStore:
 
     def _update_content_tx(self, conn, inode: Inode, size: int, mtime_ns: int) -> Inode:
         stamp = rfc3339_nanos(mtime_ns)
+        # Compare-and-set on the version read under the writer's lock: a writer whose lock
+        # expired while it worked cannot record over a newer version.
         cur = conn.execute(
             "UPDATE inodes SET size = ?, mtime = ?, updated_at = ?, version = version + 1"
-            " WHERE id = ? AND type = 'file'", (size, stamp, stamp, inode.id))
+            " WHERE id = ? AND type = 'file' AND version = ?",
+            (size, stamp, stamp, inode.id, inode.version))
         if cur.rowcount != 1:
+            if conn.execute("SELECT 1 FROM inodes WHERE id = ? AND type = 'file'",
+                            (inode.id,)).fetchone():
+                raise errors.WriteConflict()
             raise errors.NotFound()
         row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (inode.id,)).fetchone()
         return _inode(row)

@@ -1,0 +1,465 @@
+"""Cluster-wide writer locks in one Redis node (API.md §13.5; docs/locking.md).
+
+A lock is the key `<prefix><key>` set with `SET NX PX <ttl>` to a random token drawn for each
+acquisition; only a script that finds the holder's own token extends or deletes it. Every
+acquisition draws a fencing number from one counter once all of its keys are held. Waiters poll
+with a short exponential backoff and are woken early when the holder releases: the release
+script PUBLISHes on a channel named after the key. That notice is a hint; polling alone is correct.
+"""
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from callfs.core import errors
+
+log = logging.getLogger("callfs.locks")
+
+FENCE_KEY = "callfs:fence"
+_POLL_FIRST = 0.001
+_POLL_MAX = 0.05
+_CONNECT_TIMEOUT = 1.0
+_IO_TIMEOUT = 1.5
+_HEALTH_CHECK_INTERVAL = 10
+_MAX_CONNECTIONS = 64
+_NOTICE_READ = 1.0        # how long one pub/sub read waits before the reader looks around
+_NOTICE_RETRY_MAX = 1.0   # cap of the pause between attempts to reach a lost pub/sub connection
+_NOTICE_STALE = 5.0       # a pub/sub health check unanswered this long means a dead connection
+
+# KEYS[1] the lock, KEYS[2] the fencing counter; ARGV token, ttl in ms, "1" to draw a fence.
+# Finding our own token counts as success: a retried SET whose first reply was lost must not
+# make the acquisition wait for itself.
+_ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if ARGV[3] == '1' then return redis.call('INCR', KEYS[2]) end
+return 0
+"""
+
+# KEYS the locks of one lease; ARGV token, ttl in ms. Returns how many are still the lease's.
+_RENEW = """
+local held = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    held = held + 1
+  end
+end
+return held
+"""
+
+# KEYS the locks of one lease; ARGV token. Deletes only what is still the lease's, and tells
+# the waiters of each freed key (the channel is the key's own name).
+_RELEASE = """
+local freed = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    redis.call('PUBLISH', key, '')
+    freed = freed + 1
+  end
+end
+return freed
+"""
+
+
+class LockLost(errors.LockTimeout):
+    """The lease's lock lapsed (expired, maybe taken by another writer) before the commit."""
+
+    message = "the path's lock lapsed before the write could commit; try again"
+
+
+def _encode(name: str) -> bytes:
+    # Paths carry undecodable bytes as surrogate escapes (the disk backend does the same), so a
+    # key names the path's own bytes, as another node writing that path would spell it.
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or a bare host (port 6379)."""
+    addr = addr.strip()
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif addr.count(":") == 1:
+        host, _, port = addr.partition(":")
+    else:
+        host, port = addr, ""
+    return host or "localhost", int(port) if port else 6379
+
+
+def _unavailable(exc: BaseException) -> errors.ServiceUnavailable:
+    return errors.ServiceUnavailable(f"the lock manager is unavailable ({type(exc).__name__})")
+
+
+class RedisLease:
+    """One acquisition of a set of keys: its token, its fencing number, and whether it held."""
+
+    __slots__ = ("_manager", "keys", "token", "fence", "_held", "_pending", "_lost",
+                 "_valid_until", "_released")
+
+    def __init__(self, manager: "RedisLockManager", keys: list[bytes], token: bytes):
+        self._manager = manager
+        self.keys = keys            # full Redis key names, in the order they are taken
+        self.token = token
+        self.fence = 0
+        self._held: list[bytes] = []
+        self._pending: bytes | None = None   # the key whose SET may be on the wire
+        self._lost = False
+        self._valid_until = 0.0     # monotonic time until which every held key surely lives
+        self._released = False
+
+    @property
+    def lost(self) -> bool:
+        """True once a key may no longer be ours: renewal found another token, or no renewal
+        succeeded for a whole TTL (Redis unreachable, event loop stalled)."""
+        return self._lost or time.monotonic() >= self._valid_until
+
+    def check(self) -> None:
+        """Raise LockLost (503 LOCK_TIMEOUT) if the lease may have lapsed; call before a commit."""
+        if self.lost:
+            raise LockLost()
+
+    async def release(self) -> None:
+        """Give the keys back; never raises for Redis trouble (the TTL frees them then)."""
+        if self._released:
+            return
+        self._released = True
+        self._manager._forget(self)
+        # Shielded: a second cancellation of the holder must not leave the keys behind.
+        await asyncio.shield(self._manager._spawn_release(self._taken(), self.token))
+
+    def _taken(self) -> list[bytes]:
+        if self._pending is not None and self._pending not in self._held:
+            return self._held + [self._pending]
+        return list(self._held)
+
+
+class RedisLockManager:
+    """Per-path writer locks shared by every CallFS node that uses the same Redis (database 0)."""
+
+    def __init__(self, addr: str, password: str = "", *, ttl: float = 30.0,
+                 prefix: str = "callfs:lock:", fence_key: str = FENCE_KEY,
+                 poll_max: float = _POLL_MAX, connect_timeout: float = _CONNECT_TIMEOUT,
+                 io_timeout: float = _IO_TIMEOUT, max_connections: int = _MAX_CONNECTIONS,
+                 client_name: str | None = None):
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        host, port = split_addr(addr)
+        self.ttl = ttl
+        self._ttl_ms = max(int(ttl * 1000), 1)
+        self._prefix = prefix
+        self._fence_key = _encode(fence_key)
+        self._poll_max = poll_max
+        # One quick retry on a dropped connection (a pooled socket the server closed); none on
+        # timeouts, so an unreachable Redis costs at most about two connect timeouts.
+        retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), 1,
+                      supported_errors=(RedisConnectionError,))
+        pool = BlockingConnectionPool(
+            host=host, port=port, db=0, password=password or None,
+            socket_timeout=io_timeout, socket_connect_timeout=connect_timeout,
+            health_check_interval=_HEALTH_CHECK_INTERVAL, retry=retry,
+            max_connections=max_connections, timeout=io_timeout, client_name=client_name)
+        self._redis = Redis.from_pool(pool)
+        self._acquire_script = self._redis.register_script(_ACQUIRE)
+        self._renew_script = self._redis.register_script(_RENEW)
+        self._release_script = self._redis.register_script(_RELEASE)
+        self._leases: set[RedisLease] = set()
+        self._background: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task] = []
+        # Release notices: local waiters per key, one event per key that the next notice sets.
+        self._waiting: dict[bytes, int] = {}
+        self._wakeups: dict[bytes, asyncio.Event] = {}
+        self._channels: set[bytes] = set()
+        self._resubscribe = asyncio.Event()
+        self._anchor = _encode(prefix)  # no lock is named by the bare prefix
+        self._pubsub = None
+        self._reader: asyncio.Task | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._start()
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = self._tasks + ([self._reader] if self._reader else [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._reader = [], None
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=_IO_TIMEOUT * 2)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    def _start(self) -> None:
+        if self._tasks or self._closed:
+            return
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._resubscribe.set()
+        self._tasks = [asyncio.create_task(self._renew_loop(), name="callfs-lock-renew"),
+                       asyncio.create_task(self._subscriptions(), name="callfs-lock-notices")]
+
+    # -- acquiring -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def hold(self, keys: list[str], timeout: float | None):
+        lease = await self.acquire(keys, timeout)
+        try:
+            yield lease
+        finally:
+            await lease.release()
+
+    async def acquire(self, keys: list[str], timeout: float | None) -> RedisLease:
+        """Take every key (in byte order, so two holders never wait on each other in a cycle)."""
+        if self._closed:
+            raise errors.ServiceUnavailable("the lock manager is closed")
+        self._start()
+        names = sorted({_encode(self._prefix + key) for key in keys})
+        deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
+        lease = RedisLease(self, names, secrets.token_hex(16).encode())
+        self._leases.add(lease)
+        try:
+            if not names:
+                lease.fence = await self._call(self._redis.incr(self._fence_key))
+                lease._valid_until = float("inf")
+            for index, name in enumerate(names):
+                fence, sent = await self._take(lease, name, deadline, index == len(names) - 1)
+                if not lease._held:
+                    lease._valid_until = sent + self.ttl
+                lease._held.append(name)
+                lease.fence = fence
+            if lease.lost:
+                # An earlier key lapsed while a later one was awaited (Redis was away too long).
+                raise LockLost()
+        except BaseException:
+            self._forget(lease)
+            lease._released = True
+            # An acquisition that failed because Redis is away would only repeat the failure in
+            # the log; its keys (if any reached Redis) expire by themselves.
+            self._spawn_release(lease._taken(), lease.token, quiet=True)
+            raise
+        return lease
+
+    async def _take(self, lease: RedisLease, name: bytes, deadline: float | None,
+                    fence: bool) -> tuple[int, float]:
+        """Set one key, waiting while another holds it; returns (fence or 0, time of the SET)."""
+        keys, args = [name, self._fence_key], (lease.token, self._ttl_ms, "1" if fence else "0")
+        lease._pending = name  # from here until a reply says no, the key may be ours
+        sent = time.monotonic()
+        result = await self._call(self._acquire_script(keys=keys, args=args))
+        if result is not None:
+            lease._pending = None
+            return int(result), sent
+        lease._pending = None
+        self._watch(name)
+        try:
+            delay = _POLL_FIRST
+            while True:
+                # Take the event before trying, so a notice that lands between a failed try and
+                # the wait is not missed.
+                wake = self._wakeups.get(name)
+                if wake is None:
+                    wake = self._wakeups[name] = asyncio.Event()
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise errors.LockTimeout()
+                pause = delay if deadline is None else min(delay, deadline - now)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await wake.wait()
+                delay = min(delay * 2, self._poll_max)
+                lease._pending = name
+                sent = time.monotonic()
+                result = await self._call(self._acquire_script(keys=keys, args=args))
+                lease._pending = None
+                if result is not None:
+                    return int(result), sent
+        finally:
+            self._unwatch(name)
+
+    @staticmethod
+    async def _call(awaitable):
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    # -- releasing ----------------------------------------------------------------------------
+
+    def _forget(self, lease: RedisLease) -> None:
+        self._leases.discard(lease)
+
+    def _spawn_release(self, names: list[bytes], token: bytes,
+                       quiet: bool = False) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._release(names, token, quiet))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _release(self, names: list[bytes], token: bytes, quiet: bool) -> None:
+        if not names:
+            return
+        try:
+            await self._release_script(keys=names, args=(token,))
+        except (RedisError, OSError) as exc:
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "lock release failed; the keys expire by themselves",
+                    extra={"keys": [_show(n) for n in names], "error": type(exc).__name__})
+            return
+        # Wake this process's waiters at once; other processes hear the published notice.
+        for name in names:
+            self._notice(name)
+
+    # -- renewal ------------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            leases = [(lease, list(lease._held)) for lease in self._leases if lease._held]
+            if not leases:
+                continue
+            sent = time.monotonic()
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for lease, held in leases:
+                        await self._renew_script(keys=held, args=(lease.token, self._ttl_ms),
+                                                 client=pipe)
+                    results = await pipe.execute(raise_on_error=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: keep trying; the leases' validity runs out
+                if not failing:
+                    log.warning("lock renewal failed", extra={"error": type(exc).__name__})
+                failing = True
+                continue
+            if failing:
+                log.info("lock renewal recovered")
+                failing = False
+            for (lease, held), result in zip(leases, results):
+                if lease._released or isinstance(result, Exception):
+                    continue
+                if int(result) < len(held):
+                    if not lease._lost:
+                        log.warning("lock lost before release",
+                                    extra={"keys": [_show(n) for n in held], "fence": lease.fence})
+                    lease._lost = True
+                else:
+                    lease._valid_until = sent + self.ttl
+
+    # -- release notices ------------------------------------------------------------------------
+
+    def _watch(self, name: bytes) -> None:
+        count = self._waiting.get(name, 0)
+        self._waiting[name] = count + 1
+        if count == 0 and name not in self._channels:
+            self._resubscribe.set()
+
+    def _unwatch(self, name: bytes) -> None:
+        count = self._waiting[name] - 1
+        if count:
+            self._waiting[name] = count
+            return
+        del self._waiting[name]
+        self._wakeups.pop(name, None)
+        self._resubscribe.set()
+
+    def _notice(self, name: bytes) -> None:
+        wake = self._wakeups.pop(name, None)
+        if wake is not None:
+            wake.set()
+
+    async def _subscriptions(self) -> None:
+        """Keep the pub/sub subscriptions equal to the keys this process waits for.
+
+        Only this task sends on the pub/sub connection and only the reader reads it. The anchor
+        channel keeps the connection subscribed at all times, so redis-py never reads a health
+        check reply here behind the reader's back.
+        """
+        pause = 0.05
+        while True:
+            await self._resubscribe.wait()
+            self._resubscribe.clear()
+            connection = self._pubsub.connection
+            if connection is not None and not connection.is_connected:
+                # The reader reconnects (and redis-py resubscribes); try again after it.
+                self._resubscribe.set()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _NOTICE_RETRY_MAX)
+                continue
+            wanted = set(self._waiting)
+            wanted.add(self._anchor)
+            add, drop = wanted - self._channels, self._channels - wanted
+            try:
+                if add:
+                    await self._pubsub.subscribe(*add)
+                    self._channels |= add
+                if drop:
+                    await self._pubsub.unsubscribe(*drop)
+                    self._channels -= drop
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # waiters keep polling meanwhile
+                log.debug("lock notice subscription failed", extra={"error": type(exc).__name__})
+                self._resubscribe.set()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _NOTICE_RETRY_MAX)
+                continue
+            pause = 0.05
+            if self._reader is None and self._pubsub.connection is not None:
+                self._reader = asyncio.create_task(self._read_notices(),
+                                                   name="callfs-lock-notice-reader")
+
+    async def _read_notices(self) -> None:
+        loop = asyncio.get_running_loop()
+        pause = 0.05
+        while True:
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
+                                                         timeout=_NOTICE_READ)
+                connection = self._pubsub.connection
+                last = getattr(connection, "next_health_check", None)
+                if (message is None and connection is not None and connection.is_connected
+                        and isinstance(last, float) and loop.time() > last + _NOTICE_STALE):
+                    # A health check went unanswered: the connection is dead without having
+                    # been closed (a partition). Drop it; the next read reconnects.
+                    log.debug("lock notice connection silent; reconnecting")
+                    await connection.disconnect()
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # redis-py reconnects and resubscribes on the next read
+                log.debug("lock notice connection lost", extra={"error": type(exc).__name__})
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _NOTICE_RETRY_MAX)
+                continue
+            pause = 0.05
+            if message is not None and message.get("type") == "message":
+                self._notice(message["channel"])
+
+
+def _show(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
