@@ -32,6 +32,8 @@ _MAX_CONNECTIONS = 64
 _NOTICE_READ = 1.0        # how long one pub/sub read waits before the reader looks around
 _NOTICE_RETRY_MAX = 1.0   # cap of the pause between attempts to reach a lost pub/sub connection
 _NOTICE_STALE = 5.0       # a pub/sub health check unanswered this long means a dead connection
+_CLOSE_ROUNDS = 20        # close: rounds of cancelling the background tasks, each waiting
+_CLOSE_ROUND = 0.1        # this long for them to finish
 
 # KEYS[1] the lock, KEYS[2] the fencing counter; ARGV token, ttl in ms, "1" to draw a fence.
 # Finding our own token counts as success: a retried SET whose first reply was lost must not
@@ -200,10 +202,16 @@ class RedisLockManager:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = self._tasks + ([self._reader] if self._reader else [])
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._resubscribe.set()
+        # Cancel until every task is done: redis-py may swallow a cancellation that lands inside
+        # a subscribe call, and the subscription task may start the reader after a first pass.
+        for _ in range(_CLOSE_ROUNDS):
+            tasks = [t for t in self._tasks + [self._reader] if t is not None and not t.done()]
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=_CLOSE_ROUND)
         self._tasks, self._reader = [], None
         if self._background:
             await asyncio.wait(set(self._background), timeout=_IO_TIMEOUT * 2)
@@ -403,6 +411,8 @@ class RedisLockManager:
         while True:
             await self._resubscribe.wait()
             self._resubscribe.clear()
+            if self._closed:
+                return
             connection = self._pubsub.connection
             if connection is not None and not connection.is_connected:
                 # The reader reconnects (and redis-py resubscribes); try again after it.
@@ -429,7 +439,7 @@ class RedisLockManager:
                 pause = min(pause * 2, _NOTICE_RETRY_MAX)
                 continue
             pause = 0.05
-            if self._reader is None and self._pubsub.connection is not None:
+            if self._reader is None and self._pubsub.connection is not None and not self._closed:
                 self._reader = asyncio.create_task(self._read_notices(),
                                                    name="callfs-lock-notice-reader")
 

@@ -1,0 +1,253 @@
+"""Many writers, several processes, one namespace: PostgreSQL metadata and Redis locks.
+
+Two `callfs server` processes (one with two workers) serve the same local root from the same
+PostgreSQL database with Redis locks. Clients hammer PUT, POST and DELETE on a few shared paths
+for a bounded time; afterwards every file's bytes must match its metadata, every content must be
+one of the bodies written whole, and no temporary file may remain. Then Redis and PostgreSQL go
+away and come back (through relays the test controls): requests fail fast with 503, and the
+servers recover on their own.
+"""
+import asyncio
+import collections
+import http.client
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+
+import asyncpg
+import pytest
+
+from conftest import KEYS, free_port, launch
+
+PG = "postgresql://postgres@127.0.0.1:5432/"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not (_reachable(5432) and _reachable(6379)),
+                                reason="PostgreSQL and Redis on loopback are needed "
+                                       "(ci/services.sh starts them)")
+
+
+@pytest.fixture
+def database():
+    name = f"callfs_it_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql):
+        conn = await asyncpg.connect(PG + "postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield PG + name
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+class Relay:
+    """A TCP relay to a real service on loopback, in its own thread: `stop` drops every
+    connection and refuses new ones; `start` serves again on the same port."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = None
+        self.transports: set = set()
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def start(self):
+        self._call(self._start())
+
+    async def _start(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    def stop(self):
+        self._call(self._stop())
+
+    async def _stop(self):
+        self.server.close()
+        for transport in list(self.transports):
+            transport.abort()
+        self.transports.clear()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader, writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.transports |= {writer.transport, up_writer.transport}
+
+        async def pump(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def close(self):
+        try:
+            self.stop()
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _sections(root, dsn: str, redis_port: int = 6379):
+    return {
+        "backend": {"localfs_root_path": str(root)},
+        "metadata_store": {"type": "postgres", "dsn": dsn},
+        "dlm": {"type": "redis", "redis_addr": f"127.0.0.1:{redis_port}"},
+        "server": {"file_op_timeout": "10s"},
+    }
+
+
+def _call(port: int, method: str, path: str, body=None, timeout: float = 30):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, "/v1/files" + path, body=body,
+                     headers={"Authorization": f"Bearer {KEYS['alice']}"})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_two_servers_hammered_on_shared_paths_stay_consistent(tmp_path, database):
+    root = tmp_path / "files"
+    first = launch(tmp_path / "a", workers=2, **_sections(root, database))
+    second = launch(tmp_path / "b", workers=1, **_sections(root, database))
+    try:
+        ports = [first.port, second.port]
+        paths = [f"/h/p{i}" for i in range(6)]
+        bodies: set = set()
+        counts = collections.Counter()
+        lock = threading.Lock()
+        deadline = time.monotonic() + 8
+
+        def client(number: int):
+            rng = random.Random(number)
+            sequence = 0
+            while time.monotonic() < deadline:
+                path = rng.choice(paths if rng.random() < 0.7 else paths[:2])  # hot paths too
+                port = rng.choice(ports)
+                op = rng.choices(["PUT", "POST", "DELETE", "GET"], [5, 2, 2, 3])[0]
+                sequence += 1
+                body = None
+                if op in ("PUT", "POST"):
+                    # Distinct bodies of distinct sizes: a torn or interleaved write shows.
+                    body = (f"{number}:{sequence}:".encode()
+                            + bytes([number]) * rng.choice((10, 5000, 300_000)))
+                    with lock:
+                        bodies.add(body)
+                status, headers, data = _call(port, op, path, body)
+                with lock:
+                    counts[(op, status)] += 1
+                if op == "GET" and status == 200:
+                    assert int(headers["x-callfs-size"]) == len(data)
+                assert status < 500, (op, path, status, data)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        operations = sum(counts.values())
+        conflicts = sum(n for (op, status), n in counts.items() if status == 409)
+        inconsistencies = []
+        for path in paths:
+            seen = set()
+            for port in ports:
+                status, headers, data = _call(port, "GET", path)
+                if status == 404:
+                    seen.add(None)
+                    if os.path.exists(str(root) + path):
+                        inconsistencies.append(("bytes without an entry", path))
+                    continue
+                seen.add(data)
+                if data not in bodies:
+                    inconsistencies.append(("content never written whole", path))
+                if int(headers["x-callfs-size"]) != len(data) != os.path.getsize(str(root) + path):
+                    inconsistencies.append(("size", path))
+            if len(seen) != 1:
+                inconsistencies.append(("servers disagree", path))
+        temporaries = [name for _, _, files in os.walk(root) for name in files
+                       if name.startswith(".callfs-tmp-")]
+        print(f"\nhammer: {operations} operations, {conflicts} conflicts (409), "
+              f"{len(inconsistencies)} inconsistencies; {dict(counts)}")
+        assert operations > 200
+        assert not inconsistencies, inconsistencies
+        assert not temporaries
+    finally:
+        assert first.stop() == 0
+        assert second.stop() == 0
+
+
+def test_redis_and_postgres_outages_answer_503_and_heal(tmp_path, database):
+    redis = Relay(6379)
+    postgres = Relay(5432)
+    redis.start()
+    postgres.start()
+    dsn = database.replace("127.0.0.1:5432", f"127.0.0.1:{postgres.port}")
+    srv = launch(tmp_path / "n", workers=1, **_sections(tmp_path / "files", dsn, redis.port))
+    try:
+        assert _call(srv.port, "PUT", "/o/f", b"before")[0] == 201
+
+        redis.stop()
+        started = time.monotonic()
+        status, _, body = _call(srv.port, "PUT", "/o/f", b"during")
+        assert status == 503 and b"SERVICE_UNAVAILABLE" in body
+        assert time.monotonic() - started < 5
+        assert _call(srv.port, "GET", "/o/f")[2] == b"before"  # reads need no lock
+        redis.start()
+        _until_ok(lambda: _call(srv.port, "PUT", "/o/f", b"after redis")[0] == 200)
+        assert _call(srv.port, "GET", "/o/f")[2] == b"after redis"
+
+        postgres.stop()
+        started = time.monotonic()
+        status, _, body = _call(srv.port, "PUT", "/o/g", b"during")
+        assert status == 503 and b"SERVICE_UNAVAILABLE" in body
+        assert time.monotonic() - started < 10
+        postgres.start()
+        _until_ok(lambda: _call(srv.port, "PUT", "/o/g", b"after postgres")[0] in (200, 201))
+        assert _call(srv.port, "GET", "/o/g")[2] == b"after postgres"
+        assert _call(srv.port, "GET", "/o/f")[2] == b"after redis"
+        assert not srv.temporaries()
+    finally:
+        srv.stop()
+        redis.close()
+        postgres.close()
+
+
+def _until_ok(attempt, limit: float = 20) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if attempt():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not recover in time")
