@@ -106,6 +106,7 @@ class DLMConfig(Struct):
     type: str = "redis"
     redis_addr: str = "localhost:6379"
     redis_password: str = ""
+    lock_ttl: Duration = 30.0  # CallFS: a Redis lock's lifetime without renewal
 
 
 class HAConfig(Struct):
@@ -432,6 +433,8 @@ def _check_dlm(d: DLMConfig) -> None:
             _fail("dlm.redis_addr is required when dlm.type=redis")
     elif d.type != "local":
         _fail("dlm.type must be one of: redis, local")
+    if d.lock_ttl < 1:
+        _fail("dlm.lock_ttl must be at least 1s")
 
 
 def _check_ha(h: HAConfig) -> None:

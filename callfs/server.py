@@ -145,7 +145,8 @@ def _build_locks(cfg, lock_fd: int | None):
     """Redis locks (cluster-wide) or the local manager; built in each process after forking,
     since connections must not be shared across a fork."""
     if cfg.dlm.type == "redis":
-        return RedisLockManager(cfg.dlm.redis_addr, cfg.dlm.redis_password)
+        return RedisLockManager(cfg.dlm.redis_addr, cfg.dlm.redis_password,
+                                ttl=cfg.dlm.lock_ttl)
     return LocalLockManager(lock_fd)
 
 
@@ -186,7 +187,7 @@ def _build_engine(cfg, store, locks) -> Engine:
     )
 
 
-async def _prepare(cfg) -> int:
+async def _prepare(cfg, lock_fd: int) -> int:
     backend = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
     try:
         await backend.open()
@@ -198,26 +199,34 @@ async def _prepare(cfg) -> int:
         await store.open()
     except Exception as exc:
         raise StartupError(f"cannot open the metadata store: {exc}") from exc
-    locks = _build_locks(cfg, None)
+    locks = _build_locks(cfg, lock_fd)
     try:
         await _open_locks(locks, cfg)
+        # Fencing numbers only grow, even when the counter was lost (a Redis without
+        # persistence, the local manager's fresh file) or the lock manager changed.
+        try:
+            await locks.raise_fence(await store.max_fence())
+        except errors.ServiceUnavailable as exc:
+            raise StartupError(f"cannot set the fencing counter: {exc}") from exc
         return await recover(_build_engine(cfg, store, locks))
     finally:
         await locks.close()
         await store.close()
 
 
-async def _recover_forever(engine: Engine) -> None:
+async def _recover_forever(engine: Engine, first: float) -> None:
     """Leftovers of a worker that died mid-write, while the others serve: each entry is taken
-    under its lock, and only leftovers that stood still for a while are looked at."""
+    under its lock. The first pass comes once the locks of a process that died before this
+    start have expired (the start-up pass skips entries they still hold)."""
+    await asyncio.sleep(first + random.random())
     while True:
-        await asyncio.sleep(RECOVERY_INTERVAL * (0.75 + random.random() / 2))
         try:
             handled = await recover(engine, min_age=RECOVERY_MIN_AGE)
             if handled:
                 log.info("recovered interrupted writes", extra={"count": handled})
         except Exception:
             log.exception("recovery failed; retrying later")
+        await asyncio.sleep(RECOVERY_INTERVAL * (0.75 + random.random() / 2))
 
 
 async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
@@ -246,7 +255,8 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     sweeper = loop.create_task(state.sweep_forever())
-    recovery = loop.create_task(_recover_forever(engine))
+    first = cfg.dlm.lock_ttl + 5 if cfg.dlm.type == "redis" else RECOVERY_INTERVAL
+    recovery = loop.create_task(_recover_forever(engine, first))
     log.info("serving", extra={"pid": os.getpid(), "listen": cfg.server.listen_addr,
                                "tls": context is not None})
     await stop.wait()
@@ -290,9 +300,10 @@ def serve(loaded, workers: int | None = None) -> int:
     for warning in loaded.warnings:
         log.warning("configuration", extra={"detail": warning})
     workers = workers or os.cpu_count() or 1
+    lock_fd = LocalLockManager.shared_file()
     try:
         _check_supported(cfg)
-        recovered = asyncio.run(_prepare(cfg))
+        recovered = asyncio.run(_prepare(cfg, lock_fd))
         if recovered:
             log.info("recovered writes a crash interrupted", extra={"count": recovered})
         _ssl_context(cfg)
@@ -300,7 +311,6 @@ def serve(loaded, workers: int | None = None) -> int:
     except StartupError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    lock_fd = LocalLockManager.shared_file()
     if workers == 1:
         return _run_worker(cfg, lock_fd, listen_socket(cfg.server.listen_addr))
     return _supervise(cfg, lock_fd, workers)

@@ -62,6 +62,8 @@ class LocalUpload:
         self.tmp = tmp_name(name)
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                           _FILE_MODE, dir_fd=dir_fd)
+        info = os.fstat(self.fd)
+        self._identity = (info.st_ino, info.st_dev)  # tells our bytes at the name from others'
         self.size = 0
         self._durable = durable
         self._published = None  # "exchange" (tmp now holds the old version) or "link"
@@ -79,9 +81,10 @@ class LocalUpload:
         if transfer is not None:
             self.size += await transfer(self.fd)
 
-    async def commit(self, mtime_ns: int | None = None) -> None:
+    async def commit(self, mtime_ns: int | None = None, check=None) -> None:
         """Publish the staged bytes. With `mtime_ns` the file carries that modification time,
-        so a reader can tell which recorded version an open file holds (`read_version`)."""
+        so a reader can tell which recorded version an open file holds (`read_version`).
+        `check`, called just before publishing, raises to refuse (the writer's lock lapsed)."""
         try:
             if mtime_ns is not None:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
@@ -89,6 +92,8 @@ class LocalUpload:
                 await asyncio.to_thread(os.fsync, self.fd)
             os.close(self.fd)
             self.fd = -1
+            if check is not None:
+                check()
             self._publish()
             if self._durable:
                 await asyncio.to_thread(os.fsync, self.dir_fd)
@@ -153,10 +158,14 @@ class LocalUpload:
         self._close_dir()
 
     def undo(self) -> None:
-        """The metadata could not record the write: put back what the name held before."""
+        """The metadata could not record the write: put back what the name held before —
+        unless the name no longer holds our bytes. Then a newer writer (one that took the lock
+        after ours lapsed) has published over them, and its version stays."""
         dir_fd = self.dir_fd
         try:
-            if self._published == "exchange" and self.tmp is not None:
+            if self._published and not self._holds_name():
+                pass
+            elif self._published == "exchange" and self.tmp is not None:
                 if self.tmp.endswith(_OLD):
                     os.rename(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                     self.tmp = None
@@ -169,6 +178,13 @@ class LocalUpload:
         finally:
             self._published = None
             self.abort()
+
+    def _holds_name(self) -> bool:
+        try:
+            info = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return (info.st_ino, info.st_dev) == self._identity
 
     def abort(self) -> None:
         if self.fd >= 0:
@@ -311,9 +327,10 @@ class LocalFSBackend:
             os.close(dir_fd)
 
     def leftovers(self, min_age: float = 0.0) -> list["Leftover"]:
-        """Files named like a staged write, at least `min_age` seconds since their name last
-        changed: crash leftovers (or, without an age, writes in flight), each with the entry it
-        belongs to when that can be told from its name."""
+        """Files named like a staged write: crash leftovers, or writes in flight (whose lock
+        their writer holds). Each comes with the entry it belongs to when that can be told
+        from its name; one that cannot must have stood still `min_age` seconds (a new file's
+        write in flight has no entry on disk yet, and only its age tells it from a leftover)."""
         found = []
         if not self.root or not os.path.isdir(self.root):
             return found
@@ -333,8 +350,6 @@ class LocalFSBackend:
                     info = os.lstat(os.path.join(directory, name))
                 except FileNotFoundError:
                     continue
-                if info.st_ctime_ns > cutoff:
-                    continue
                 parts = name[len(TMP_PREFIX):].split("-")
                 target = by_hash.get(parts[1]) if len(parts) >= 2 else None
                 same = False
@@ -344,6 +359,8 @@ class LocalFSBackend:
                         same = (other.st_ino, other.st_dev) == (info.st_ino, info.st_dev)
                     except FileNotFoundError:
                         target = None
+                if target is None and info.st_ctime_ns > cutoff:
+                    continue
                 found.append(Leftover(f"{base}/{name}",
                                       None if target is None else f"{base}/{target}", same))
         return found

@@ -254,25 +254,28 @@ class Engine:
         backend_name = self.default_backend
         backend = self.backends[backend_name]
         stamp = now_ns()
-        upload = await self._stage(backend, path, body, stamp)
+        upload = await self._stage(backend, path, body, stamp, lease)
         entry = NewInode(path=path, type=FILE, size=upload.size, mode=self.file_mode,
                          owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
-                         instance_id=self.instance_id if backend_name == "localfs" else None)
+                         instance_id=self.instance_id if backend_name == "localfs" else None,
+                         fence=lease.fence)
         ancestors = self._ancestor_rows(path, identity, stamp, backend_name)
         return await self._record(upload, lease, self.store.create, ancestors, entry)
 
     async def _replace(self, existing: Inode, body, lease) -> Inode:
         backend = self.backend_for(existing)
         stamp = now_ns()
-        upload = await self._stage(backend, existing.path, body, stamp)
+        upload = await self._stage(backend, existing.path, body, stamp, lease)
         return await self._record(upload, lease, self.store.update_content, existing, upload.size,
-                                  stamp)
+                                  stamp, lease.fence)
 
     @staticmethod
     async def _record(upload, lease, record, *args):
         """Bytes are published; record them — unless the lock was lost meanwhile (a lease that
-        expired while the body streamed). If recording fails, the name gets its old content
-        back; if the process dies first, the upload's intent lets recovery finish the job."""
+        expired while the body streamed). The store refuses the record, too, when a newer
+        writer (a larger fencing number, a newer version) got there first. If recording fails,
+        the name gets its old content back, unless a newer writer has published since; if the
+        process dies first, the upload's intent lets recovery finish the job."""
         try:
             check = getattr(lease, "check", None)
             if check is not None:
@@ -284,9 +287,10 @@ class Engine:
         upload.finish()
         return inode
 
-    async def _stage(self, backend, path: str, body, stamp: int):
+    async def _stage(self, backend, path: str, body, stamp: int, lease):
         """Stream the body into a staged object and publish it, stamped with the mtime the
-        metadata will record; returns the upload, to `finish` or `undo` once recorded."""
+        metadata will record; returns the upload, to `finish` or `undo` once recorded.
+        A lease that lapsed while the body streamed publishes nothing."""
         upload = backend.begin_write(path)
         try:
             fill = getattr(upload, "fill", None)
@@ -304,7 +308,7 @@ class Engine:
         except BaseException:
             upload.abort()
             raise
-        await upload.commit(stamp)
+        await upload.commit(stamp, getattr(lease, "check", None))
         return upload
 
     # -- deletion ----------------------------------------------------------------------------
@@ -342,7 +346,9 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, lock_timeout: float
       newer than the record, by their stamp), so the record describes the bytes again;
     - recorded: only the intent remains, and goes.
 
-    Each entry is handled under its lock, so a write in progress (which holds it) is skipped.
+    Each entry is handled under its lock, so a write in progress (which holds it) is skipped,
+    as is one whose lock a dead process still holds (until the lock expires; a later pass
+    finishes it). Leftovers whose entry cannot be told are taken back once `min_age` old.
     A file of a user's that merely has such a name is an entry of the namespace, and stays.
     """
     handled = 0
@@ -358,22 +364,22 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, lock_timeout: float
                 handled += 1
                 continue
             try:
-                async with engine.locks.hold([file_key(item.target)], lock_timeout):
-                    await _recover_one(engine, name, backend, item)
+                async with engine.locks.hold([file_key(item.target)], lock_timeout) as lease:
+                    await _recover_one(engine, name, backend, item, lease.fence)
             except errors.LockTimeout:
                 continue  # its write is still running
             handled += 1
     return handled
 
 
-async def _recover_one(engine: "Engine", name: str, backend, item) -> None:
+async def _recover_one(engine: "Engine", name: str, backend, item, fence: int) -> None:
     record = await engine.store.get(item.target)
     disk = backend.disk_version(item.target)
     if record is None or record.type != FILE or record.backend != name:
         if disk is not None and (item.same or record is None):
             backend.remove(item.target, False)  # a new file that was never recorded
     elif disk is not None and not item.same and disk[1] > record.mtime_ns:
-        await engine.store.update_content(record, disk[0], disk[1])
+        await engine.store.update_content(record, disk[0], disk[1], fence)
         log.info("recovered an interrupted write", extra={"path": item.target})
     backend.remove_temporary(item.tmp)
 

@@ -44,6 +44,7 @@ class NewInode(msgspec.Struct):
     mtime_ns: int
     backend: str
     instance_id: str | None
+    fence: int = 0  # the fencing number of the lock the writer held (0: none)
 
 
 def now_ns() -> int:

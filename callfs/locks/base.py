@@ -26,6 +26,9 @@ class LockManager(Protocol):
 
     async def close(self) -> None: ...
 
+    async def raise_fence(self, floor: int) -> None:
+        """Make every later fencing number larger than `floor` (the largest one recorded)."""
+
     def hold(self, keys: list[str], timeout: float | None):
         """Async context manager holding every key (taken in one global order); yields a Lease.
 

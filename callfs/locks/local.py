@@ -124,6 +124,15 @@ class LocalLockManager:
             fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, stripe)
             self._local[stripe].release()
 
+    async def raise_fence(self, floor: int) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, _FENCE_OFFSET + 8)
+        try:
+            (value,) = struct.unpack("<Q", os.pread(self._fd, 8, _FENCE_OFFSET))
+            if value < floor:
+                os.pwrite(self._fd, struct.pack("<Q", floor), _FENCE_OFFSET)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _FENCE_OFFSET + 8)
+
     def _next_fence(self) -> int:
         # Blocking is fine here: the counter's stripe is held for two syscalls at most.
         fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, _FENCE_OFFSET + 8)

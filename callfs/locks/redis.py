@@ -47,6 +47,13 @@ if ARGV[3] == '1' then return redis.call('INCR', KEYS[2]) end
 return 0
 """
 
+# KEYS[1] the fencing counter; ARGV floor. The counter never goes back.
+_RAISE_FENCE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 # KEYS the locks of one lease; ARGV token, ttl in ms. Returns how many are still the lease's.
 _RENEW = """
 local held = 0
@@ -178,6 +185,7 @@ class RedisLockManager:
         self._acquire_script = self._redis.register_script(_ACQUIRE)
         self._renew_script = self._redis.register_script(_RENEW)
         self._release_script = self._redis.register_script(_RELEASE)
+        self._raise_fence_script = self._redis.register_script(_RAISE_FENCE)
         self._leases: set[RedisLease] = set()
         self._background: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
@@ -221,6 +229,9 @@ class RedisLockManager:
             self._pubsub = None
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+
+    async def raise_fence(self, floor: int) -> None:
+        await self._call(self._raise_fence_script(keys=[self._fence_key], args=(floor,)))
 
     def _start(self) -> None:
         if self._tasks or self._closed:

@@ -34,9 +34,15 @@ class MetadataStore(Protocol):
         exists (carrying the existing inode as `.existing`).
         """
 
-    async def update_content(self, inode: Inode, size: int, mtime_ns: int) -> Inode:
-        """Record new content of a file: size, mtime, version + 1 — only if its version is still
-        `inode.version` (WriteConflict otherwise). NotFound if it is gone."""
+    async def max_fence(self) -> int:
+        """The largest fencing number any entry records (0 when none): lock managers start
+        their counters above it, so a recorded number never exceeds a new writer's."""
+
+    async def update_content(self, inode: Inode, size: int, mtime_ns: int,
+                             fence: int = 0) -> Inode:
+        """Record new content of a file: size, mtime, version + 1 and the writer's fencing
+        number — only if its version is still `inode.version` and no larger fencing number is
+        recorded (WriteConflict otherwise). NotFound if it is gone."""
 
     async def delete(self, inode: Inode) -> None:
         """Remove an entry; DirectoryNotEmpty for a directory with children, NotFound if gone."""

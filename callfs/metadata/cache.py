@@ -156,9 +156,9 @@ class CachedStore:
         paths.append(entry.path)
         return await self._announced(paths, self.store.create(ancestors, entry))
 
-    async def update_content(self, existing, size: int, mtime_ns: int):
+    async def update_content(self, existing, size: int, mtime_ns: int, fence: int = 0):
         return await self._announced([existing.path],
-                                     self.store.update_content(existing, size, mtime_ns))
+                                     self.store.update_content(existing, size, mtime_ns, fence))
 
     async def delete(self, inode):
         return await self._announced([inode.path], self.store.delete(inode))

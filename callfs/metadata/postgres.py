@@ -41,15 +41,17 @@ _ANCESTORS = "SELECT path, id, type FROM inodes WHERE path = ANY($1::text[])"
 _FIND = "SELECT id, type FROM inodes WHERE path = $1"
 _INSERT = (
     "INSERT INTO inodes (parent_id, name, path, type, size, mode, owner, group_name, atime, mtime,"
-    " ctime, mtime_ns, ctime_ns, backend_type, callfs_instance_id, created_at, updated_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $10, $11, $12, $9, $9)"
+    " ctime, mtime_ns, ctime_ns, backend_type, callfs_instance_id, created_at, updated_at,"
+    " fence) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $10, $11, $12, $9, $9, $13)"
     f" ON CONFLICT (path) DO NOTHING RETURNING {_COLUMNS}")
-# Compare-and-set on the version the writer read under its lock: a writer whose lock expired
-# while it worked cannot record over a newer version.
+# Compare-and-set on the version the writer read under its lock, and on its fencing number: a
+# writer whose lock expired while it worked cannot record over a newer version.
 _UPDATE_CONTENT = (
     "UPDATE inodes SET size = $2, mtime = $3, mtime_ns = $4, updated_at = $3,"
-    " version = version + 1 WHERE id = $1 AND type = 'file' AND version = $5"
+    " version = version + 1, fence = $6"
+    " WHERE id = $1 AND type = 'file' AND version = $5 AND fence <= $6"
     f" RETURNING {_COLUMNS}")
+_MAX_FENCE = "SELECT COALESCE(MAX(fence), 0) FROM inodes"
 _IS_FILE = "SELECT 1 FROM inodes WHERE id = $1 AND type = 'file'"
 _LOCK_ROW = "SELECT id FROM inodes WHERE id = $1 FOR UPDATE"
 _HAS_CHILD = "SELECT 1 FROM inodes WHERE parent_id = $1 LIMIT 1"
@@ -309,6 +311,9 @@ class PostgresStore:
         rows = await self._fetch(_GET, path)
         return _inode(rows[0]) if rows else None
 
+    async def max_fence(self) -> int:
+        return (await self._fetch(_MAX_FENCE))[0][0]
+
     async def get_many(self, paths: list[str]) -> dict[str, Inode]:
         if not paths:
             return {}
@@ -401,15 +406,17 @@ class PostgresStore:
         return await conn.fetchrow(
             _INSERT, parent_id, name, item.path, item.type, item.size, f"{item.mode:04o}",
             item.owner, item.group, _stamp(item.mtime_ns), item.mtime_ns, item.backend,
-            item.instance_id)
+            item.instance_id, item.fence)
 
-    async def update_content(self, inode: Inode, size: int, mtime_ns: int) -> Inode:
-        return await self._write(self._update_content_tx, inode, size, mtime_ns)
+    async def update_content(self, inode: Inode, size: int, mtime_ns: int,
+                             fence: int = 0) -> Inode:
+        return await self._write(self._update_content_tx, inode, size, mtime_ns, fence)
 
     @staticmethod
-    async def _update_content_tx(conn, inode: Inode, size: int, mtime_ns: int) -> Inode:
+    async def _update_content_tx(conn, inode: Inode, size: int, mtime_ns: int,
+                                 fence: int) -> Inode:
         row = await conn.fetchrow(_UPDATE_CONTENT, inode.id, size, _stamp(mtime_ns), mtime_ns,
-                                  inode.version)
+                                  inode.version, fence)
         if row is None:
             if await conn.fetchrow(_IS_FILE, inode.id) is not None:
                 raise errors.WriteConflict()

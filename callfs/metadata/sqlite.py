@@ -132,6 +132,9 @@ class SQLiteStore:
         rows = self._read(f"SELECT {_COLUMNS} FROM inodes WHERE path = ?", (path,))
         return _inode(rows[0]) if rows else None
 
+    async def max_fence(self) -> int:
+        return self._read("SELECT COALESCE(MAX(fence), 0) FROM inodes", ())[0][0]
+
     async def get_many(self, paths: list[str]) -> dict[str, Inode]:
         if not paths:
             return {}
@@ -222,23 +225,26 @@ class SQLiteStore:
         name = item.path.rsplit("/", 1)[1]
         cur = conn.execute(
             "INSERT INTO inodes (parent_id, name, path, type, size, mode, owner, group_name, atime,"
-            " mtime, ctime, backend_type, callfs_instance_id, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " mtime, ctime, backend_type, callfs_instance_id, created_at, updated_at, fence)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (parent_id, name, item.path, item.type, item.size, f"{item.mode:04o}", item.owner,
-             item.group, stamp, stamp, stamp, item.backend, item.instance_id, stamp, stamp))
+             item.group, stamp, stamp, stamp, item.backend, item.instance_id, stamp, stamp,
+             item.fence))
         return cur.lastrowid
 
-    async def update_content(self, inode: Inode, size: int, mtime_ns: int) -> Inode:
-        return await self._write(self._update_content_tx, inode, size, mtime_ns)
+    async def update_content(self, inode: Inode, size: int, mtime_ns: int,
+                             fence: int = 0) -> Inode:
+        return await self._write(self._update_content_tx, inode, size, mtime_ns, fence)
 
-    def _update_content_tx(self, conn, inode: Inode, size: int, mtime_ns: int) -> Inode:
+    def _update_content_tx(self, conn, inode: Inode, size: int, mtime_ns: int,
+                           fence: int) -> Inode:
         stamp = rfc3339_nanos(mtime_ns)
-        # Compare-and-set on the version read under the writer's lock: a writer whose lock
-        # expired while it worked cannot record over a newer version.
+        # Compare-and-set on the version read under the writer's lock and on its fencing
+        # number: a writer whose lock expired while it worked cannot record over a newer version.
         cur = conn.execute(
-            "UPDATE inodes SET size = ?, mtime = ?, updated_at = ?, version = version + 1"
-            " WHERE id = ? AND type = 'file' AND version = ?",
-            (size, stamp, stamp, inode.id, inode.version))
+            "UPDATE inodes SET size = ?, mtime = ?, updated_at = ?, version = version + 1,"
+            " fence = ? WHERE id = ? AND type = 'file' AND version = ? AND fence <= ?",
+            (size, stamp, stamp, fence, inode.id, inode.version, fence))
         if cur.rowcount != 1:
             if conn.execute("SELECT 1 FROM inodes WHERE id = ? AND type = 'file'",
                             (inode.id,)).fetchone():

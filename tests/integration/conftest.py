@@ -29,6 +29,41 @@ POSITIONAL_KEY = "positional-key-0123456789"
 INTERNAL_SECRET = "internal-secret-0123456789"
 
 
+PG = "postgresql://postgres@127.0.0.1:5432/"
+
+
+def _reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+SERVICES_UP = _reachable(5432) and _reachable(6379)
+
+
+@pytest.fixture
+def database():
+    """A PostgreSQL database of the test's own (its DSN), dropped afterwards."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"callfs_it_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql):
+        conn = await asyncpg.connect(PG + "postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield PG + name
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ import collections
 import http.client
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -20,38 +21,10 @@ import uuid
 import asyncpg
 import pytest
 
-from conftest import KEYS, free_port, launch
+from conftest import KEYS, SERVICES_UP, free_port, launch
 
-PG = "postgresql://postgres@127.0.0.1:5432/"
-
-
-def _reachable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not (_reachable(5432) and _reachable(6379)),
-                                reason="PostgreSQL and Redis on loopback are needed "
-                                       "(ci/services.sh starts them)")
-
-
-@pytest.fixture
-def database():
-    name = f"callfs_it_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql):
-        conn = await asyncpg.connect(PG + "postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield PG + name
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+pytestmark = pytest.mark.skipif(not SERVICES_UP, reason="PostgreSQL and Redis on loopback are "
+                                                        "needed (ci/services.sh starts them)")
 
 
 class Relay:
@@ -251,3 +224,66 @@ def _until_ok(attempt, limit: float = 20) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError("the server did not recover in time")
+
+
+def test_a_writer_paused_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_path, database):
+    """Fencing: server A takes the lock for an upload and is frozen (SIGSTOP) past the lock's
+    lifetime; server B then writes the path. When A wakes and finishes the body, its write is
+    refused (503) and B's version stays, bytes and metadata alike."""
+    import redis
+
+    root = tmp_path / "files"
+    sections = _sections(root, database)
+    sections["dlm"]["lock_ttl"] = "2s"
+    first = launch(tmp_path / "a", workers=1, **sections)
+    second = launch(tmp_path / "b", workers=1, **sections)
+    path = f"/fence/{uuid.uuid4().hex}"
+    keys = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        assert _call(first.port, "PUT", path, b"original")[0] == 201
+        body = b"L" * 200_000
+        sock = socket.create_connection(("127.0.0.1", first.port), timeout=30)
+        sock.sendall((f"PUT /v1/files{path} HTTP/1.1\r\nHost: t\r\n"
+                      f"Authorization: Bearer {KEYS['alice']}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:1000])
+        lock_key = f"callfs:lock:file:{path}"
+        deadline = time.monotonic() + 10
+        while not keys.exists(lock_key):
+            assert time.monotonic() < deadline, "the uploading server never took the lock"
+            time.sleep(0.01)
+        first.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status, _, _ = _call(second.port, "PUT", path, b"newer")
+            waited = time.monotonic() - started
+            assert status == 200
+            assert 1.0 < waited < 8, waited  # it waited for the frozen holder's lock to expire
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+        sock.sendall(body[1000:])
+        reply = sock.recv(65536)
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+        assert b"LOCK_TIMEOUT" in reply
+        for port in (first.port, second.port):
+            status, headers, data = _call(port, "GET", path)
+            assert (status, data, headers["x-callfs-size"]) == (200, b"newer", "5")
+        with open(str(root) + path, "rb") as fh:
+            assert fh.read() == b"newer"
+        fences = asyncio.run(_fences(database, path))
+        assert fences and fences[0] > 0
+        assert not [n for _, _, files in os.walk(root) for n in files
+                    if n.startswith(".callfs-tmp-")]
+    finally:
+        keys.close()
+        assert first.stop() == 0
+        assert second.stop() == 0
+
+
+async def _fences(dsn: str, path: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [row[0] for row in await conn.fetch("SELECT fence FROM inodes WHERE path = $1",
+                                                   path)]
+    finally:
+        await conn.close()

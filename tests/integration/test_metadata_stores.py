@@ -17,6 +17,7 @@ import time
 from urllib.parse import quote
 
 import asyncpg
+import msgspec
 import pytest
 
 from callfs.core import errors
@@ -394,6 +395,26 @@ def test_update_content_bumps_the_version(stores):
         directory = await make(store, "/updir", DIRECTORY)
         with pytest.raises(errors.NotFound):
             await store.update_content(directory, 1, later)
+    stores.run(body)
+
+
+def test_fencing_numbers_are_recorded_and_never_go_back(stores):
+    """A write records its lock's fencing number; a write carrying a smaller one than the
+    number recorded is refused, even with the current version; max_fence reports the largest."""
+    async def body(store):
+        assert await store.max_fence() == 0
+        fenced = msgspec.structs.replace(node("/fenced.txt", FILE, size=1), fence=40)
+        entry = await store.create(chain("/fenced.txt"), fenced)
+        assert await store.max_fence() == 40
+        with pytest.raises(errors.WriteConflict):
+            await store.update_content(entry, 2, STAMP + 1, 39)  # an older lock's writer
+        assert await store.get("/fenced.txt") == entry
+        newer = await store.update_content(entry, 3, STAMP + 2, 41)
+        assert (newer.size, newer.version) == (3, entry.version + 1)
+        assert await store.max_fence() == 41
+        with pytest.raises(errors.WriteConflict):
+            await store.update_content(newer, 4, STAMP + 3, 40)
+        assert (await store.get("/fenced.txt")).size == 3
     stores.run(body)
 
 
