@@ -10,6 +10,7 @@ Every statement is a constant string, so asyncpg prepares it once per connection
 import asyncio
 import re
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -96,10 +97,17 @@ def _keyword_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def connect_arguments(dsn: str) -> tuple[str, dict[str, str], float | None]:
-    """(URL for asyncpg, server settings, connect timeout) from a libpq connection string in
-    either form. asyncpg reads URLs only, and would send `connect_timeout` and `options` to
-    the server as settings; libpq gives them their own meaning, and so does this."""
+class ConnectArguments(NamedTuple):
+    url: str                    # for asyncpg
+    settings: dict[str, str]    # server settings (from `options`)
+    timeout: float | None       # connect timeout
+    pool: dict[str, int]        # pool_min_conns / pool_max_conns, as pgxpool reads them
+
+
+def connect_arguments(dsn: str) -> ConnectArguments:
+    """What to connect with, from a libpq connection string in either form. asyncpg reads URLs
+    only, and would send `connect_timeout`, `options` and the pool sizes to the server as
+    settings; libpq (and pgxpool, for the pool) give them their own meaning, and so does this."""
     if "://" in dsn:
         parts = urlsplit(dsn)
         pairs = parse_qsl(parts.query, keep_blank_values=True)
@@ -107,10 +115,16 @@ def connect_arguments(dsn: str) -> tuple[str, dict[str, str], float | None]:
         parts = None
         pairs = _keyword_pairs(dsn)
     settings: dict[str, str] = {}
+    pool: dict[str, int] = {}
     timeout = None
     kept = []
     for key, value in pairs:
-        if key == "connect_timeout":
+        if key in ("pool_min_conns", "pool_max_conns"):
+            if not value.isdigit() or (key == "pool_max_conns" and int(value) < 1):
+                raise ValueError(f"{key} must be a whole number"
+                                 f"{' of at least 1' if key == 'pool_max_conns' else ''}")
+            pool[key] = int(value)
+        elif key == "connect_timeout":
             timeout = float(value) if value and float(value) > 0 else None
         elif key == "options":
             # `-c name=value` or `--name=value`, as the server's command line takes them.
@@ -130,9 +144,9 @@ def connect_arguments(dsn: str) -> tuple[str, dict[str, str], float | None]:
         elif value:  # libpq treats an empty value as unset
             kept.append((key, value))
     if parts is None:
-        return f"postgresql://?{urlencode(kept)}", settings, timeout
+        return ConnectArguments(f"postgresql://?{urlencode(kept)}", settings, timeout, pool)
     url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-    return url, settings, timeout
+    return ConnectArguments(url, settings, timeout, pool)
 
 
 def _stamp(ns: int) -> datetime:
@@ -207,11 +221,13 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
-            url, settings, timeout = connect_arguments(self._dsn)
+            url, settings, timeout, sizes = connect_arguments(self._dsn)
             if "application_name" not in url:
                 settings.setdefault("application_name", "callfs")
+            largest = sizes.get("pool_max_conns", self._pool_max)
+            smallest = min(sizes.get("pool_min_conns", min(self._pool_min, largest)), largest)
             pool = await asyncpg.create_pool(
-                url, min_size=self._pool_min, max_size=self._pool_max,
+                url, min_size=smallest, max_size=largest,
                 timeout=timeout or self._connect_timeout, server_settings=settings or None)
         except Exception as exc:
             if _is_unavailable(exc):

@@ -670,6 +670,29 @@ def test_pg_keyword_value_dsn(pg):
     assert pg.query("SELECT COUNT(*) FROM inodes WHERE path = '/kv/file'") == [(1,)]
 
 
+def test_pg_pool_sized_by_the_dsn_as_pgxpool_reads_it(pg):
+    """`pool_max_conns` / `pool_min_conns` size the pool (never sent to the server as
+    settings, which it would refuse); nonsense values are refused at open."""
+    database = pg.database.rsplit("/", 1)[1]
+    base = (f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}?sslmode=disable"
+            f"&options={quote(f'-c search_path={pg.schema}')}")
+
+    async def sizes(dsn):
+        store = PostgresStore(dsn)
+        await store.open()
+        try:
+            await make(store, f"/pool/{secrets.token_hex(4)}")
+            return store._pool.get_min_size(), store._pool.get_max_size()
+        finally:
+            await store.close()
+    assert run(sizes(base + "&pool_max_conns=3&pool_min_conns=1")) == (1, 3)
+    assert run(sizes(base + "&pool_max_conns=1")) == (1, 1)
+    assert run(sizes(base)) == (2, 10)
+    for bad in ("pool_max_conns=0", "pool_max_conns=many", "pool_min_conns=-1"):
+        with pytest.raises(errors.ServiceUnavailable, match=bad.split("=")[0]):
+            run(sizes(f"{base}&{bad}"))
+
+
 def test_pg_opens_a_database_left_by_the_reference_at_version_3(pg):
     """State compatibility (API.md Appendix A): the reference's tables at version 3, its root
     inserted with an explicit id, rows without CallFS's columns. Opening migrates to the newest
