@@ -117,6 +117,7 @@ def test_defaults_match_the_contract(tmp_path):
     assert (r.apply_timeout, r.forward_timeout, r.snapshot_interval) == (10.0, 10.0, 60.0)
     assert (r.snapshot_threshold, r.retain_snapshot_count) == (256, 2)
     assert (cfg.dlm.redis_addr, cfg.dlm.redis_password) == ("localhost:6379", "")
+    assert cfg.dlm.lock_ttl == 30.0
     assert (cfg.ha.replication_enabled, cfg.ha.replica_backend) == (False, "")
     assert (cfg.erasure.enabled, cfg.erasure.data_shards, cfg.erasure.parity_shards) == (
         False,
@@ -194,6 +195,8 @@ VALIDATION_ROWS = [
     ),
     ({"dlm.type": "", "dlm.redis_addr": ""}, "dlm.redis_addr is required when dlm.type=redis"),
     ({"dlm.type": "etcd"}, "dlm.type must be one of: redis, local"),
+    ({"dlm.lock_ttl": "500ms"}, "dlm.lock_ttl must be at least 1s"),
+    ({"dlm.type": "local", "dlm.lock_ttl": "0s"}, "dlm.lock_ttl must be at least 1s"),
     (
         {"ha.replication_enabled": True},
         "ha.replica_backend must be one of: localfs, s3 when ha.replication_enabled=true",
