@@ -21,71 +21,11 @@ import uuid
 import asyncpg
 import pytest
 
-from conftest import KEYS, SERVICES_UP, free_port, launch
+from conftest import KEYS, SERVICES_UP, launch
+from relay import ThreadedRelay
 
 pytestmark = pytest.mark.skipif(not SERVICES_UP, reason="PostgreSQL and Redis on loopback are "
                                                         "needed (ci/services.sh starts them)")
-
-
-class Relay:
-    """A TCP relay to a real service on loopback, in its own thread: `stop` drops every
-    connection and refuses new ones; `start` serves again on the same port."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = None
-        self.transports: set = set()
-
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def start(self):
-        self._call(self._start())
-
-    async def _start(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    def stop(self):
-        self._call(self._stop())
-
-    async def _stop(self):
-        self.server.close()
-        for transport in list(self.transports):
-            transport.abort()
-        self.transports.clear()
-        await self.server.wait_closed()
-
-    async def _serve(self, reader, writer):
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.transports |= {writer.transport, up_writer.transport}
-
-        async def pump(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    def close(self):
-        try:
-            self.stop()
-        except Exception:
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 def _sections(root, dsn: str, redis_port: int = 6379):
@@ -179,8 +119,8 @@ def test_two_servers_hammered_on_shared_paths_stay_consistent(tmp_path, database
 
 
 def test_redis_and_postgres_outages_answer_503_and_heal(tmp_path, database):
-    redis = Relay(6379)
-    postgres = Relay(5432)
+    redis = ThreadedRelay(6379)
+    postgres = ThreadedRelay(5432)
     redis.start()
     postgres.start()
     dsn = database.replace("127.0.0.1:5432", f"127.0.0.1:{postgres.port}")

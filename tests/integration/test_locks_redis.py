@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from callfs.core import errors
 from callfs.locks.redis import LockLost, RedisLockManager, split_addr
+from relay import Relay
 
 REDIS_ADDR = os.environ.get("CALLFS_TEST_REDIS", "127.0.0.1:6379")
 HOST, PORT = split_addr(REDIS_ADDR)
@@ -436,51 +437,10 @@ def test_unreachable_redis_is_service_unavailable_quickly(ns):
     run(body())
 
 
-class Relay:
-    """A TCP relay in front of Redis that a test stops (dropping every connection) and restarts
-    on the same port: Redis going away and coming back, without touching the real server."""
-
-    def __init__(self):
-        self.port = _closed_port()
-        self.server = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def stop(self):
-        self.server.close()
-        for writer in list(self.writers):
-            writer.transport.abort()
-        self.writers.clear()
-        await self.server.wait_closed()
-
-    async def _serve(self, reader, writer):
-        try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, PORT)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_writer}
-
-        async def pump(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self.writers -= {writer, up_writer}
-
-
 def test_recovers_when_redis_returns(ns):
     async def body():
         raw = ns.raw()
-        relay = Relay()
+        relay = Relay(PORT, HOST)
         await relay.start()
         manager = ns.manager(f"127.0.0.1:{relay.port}")
         await manager.open()
