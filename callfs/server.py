@@ -184,6 +184,7 @@ def _build_engine(cfg, store, locks) -> Engine:
         metadata_op_timeout=cfg.server.metadata_op_timeout,
         file_mode=cfg.auth.default_file_mode,
         dir_mode=cfg.auth.default_dir_mode,
+        peers=(cfg.instance_discovery.peer_endpoints or {}).keys(),
     )
 
 

@@ -4,6 +4,7 @@ import orjson
 
 from callfs.api.shapes import cache_headers, file_info, metadata_headers, validators
 from callfs.core import errors
+from callfs.api.moves import read_move_request
 from callfs.core.engine import Check, CrossServerConflict
 from callfs.core.model import DIRECTORY, FILE, Inode
 from callfs.http.conditional import (UNSATISFIABLE, Preconditions, if_range_matches, parse_range,
@@ -113,6 +114,16 @@ class FilesAPI:
     async def delete(self, request, path: str, trailing: bool) -> Response:
         await self.engine.delete(request.identity, path, write_check(request))
         return Response(204)
+
+    async def patch(self, request, path: str, trailing: bool) -> Response:
+        """Rename, move (API.md §9.6) or copy (its CallFS addition)."""
+        move = await read_move_request(request, path)
+        check = write_check(request)
+        if move.copy:
+            created = await self.engine.copy(request.identity, path, move, check)
+            return json_response(201 if created else 200, {"path": move.destination})
+        await self.engine.move(request.identity, path, move, check)
+        return json_response(200, {"path": move.destination})
 
     def _conflict_body(self, exc: CrossServerConflict) -> dict:
         """API.md §13.3."""

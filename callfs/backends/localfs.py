@@ -13,6 +13,7 @@ import time
 
 from callfs._native.fsops import rename_exchange
 from callfs._native.generations import fnv1a
+from callfs.backends.localmove import LocalMove, drop_intent, read_intents, recover_move
 from callfs.core import errors
 
 TMP_PREFIX = ".callfs-tmp-"
@@ -364,6 +365,18 @@ class LocalFSBackend:
                 found.append(Leftover(f"{base}/{name}",
                                       None if target is None else f"{base}/{target}", same))
         return found
+
+    def begin_move(self, src: str, dst: str, entry_id: int, replace: bool) -> LocalMove:
+        """Prepare moving the bytes of `src` (a file or a whole directory) to `dst`; the
+        store's transaction calls `publish`, the engine `finish` or `undo` after it."""
+        return LocalMove(self, src, dst, entry_id, replace)
+
+    def move_intents(self) -> list[tuple[str, dict]]:
+        return read_intents(self)
+
+    def recover_move(self, name: str, record: dict, committed: bool) -> None:
+        recover_move(self, record, committed)
+        drop_intent(self, name)
 
     def disk_version(self, path: str) -> tuple[int, int] | None:
         """(size, mtime_ns) of the regular file at `path`, or None."""

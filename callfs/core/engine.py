@@ -13,7 +13,7 @@ import msgspec
 from collections.abc import Callable
 
 from callfs._native.pathnorm import ancestors
-from callfs.core import errors, permissions
+from callfs.core import errors, moves, permissions
 from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
 from callfs.locks.base import dir_key, file_key
 
@@ -27,6 +27,7 @@ log = logging.getLogger("callfs.engine")
 Check = Callable[[Inode | None], None]
 
 MAX_UPLOAD = 10 * 1024 ** 3  # API.md §2: 10 GiB per file body
+MOVE_WAIT = 5.0  # how long a read waits for a move that took its bytes away to commit
 
 
 class CrossServerConflict(errors.CallFSError):
@@ -43,7 +44,7 @@ class CrossServerConflict(errors.CallFSError):
 class Engine:
     def __init__(self, *, store, locks, backends: dict, default_backend: str, instance_id: str,
                  file_op_timeout: float | None, metadata_op_timeout: float | None,
-                 file_mode: int = 0o644, dir_mode: int = 0o755):
+                 file_mode: int = 0o644, dir_mode: int = 0o755, peers=()):
         self.store = store
         self.locks = locks
         self.backends = backends
@@ -54,6 +55,7 @@ class Engine:
                                  if metadata_op_timeout and metadata_op_timeout > 0 else None)
         self.file_mode = file_mode
         self.dir_mode = dir_mode
+        self.peers = frozenset(peers)  # instance ids this node knows the address of
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -94,7 +96,13 @@ class Engine:
         but of another size (written before stamps existed, or torn by a crash) are served
         with their own size.
         """
-        handle = self.open_file(identity, inode)
+        try:
+            handle = self.open_file(identity, inode)
+        except errors.NotFound:
+            # A move may have taken the bytes away and not yet committed: wait for it, then
+            # answer from the metadata it leaves.
+            inode = await self._after_move(inode)
+            handle = self.open_file(identity, inode)
         on_disk = getattr(handle, "mtime_ns", None)
         if on_disk is None or (handle.size == inode.size and on_disk <= inode.mtime_ns):
             return inode, handle
@@ -102,6 +110,18 @@ class Engine:
             return msgspec.structs.replace(inode, size=handle.size, mtime_ns=on_disk,
                                            version=inode.version + 1), handle
         return msgspec.structs.replace(inode, size=handle.size), handle
+
+    async def _after_move(self, inode: Inode) -> Inode:
+        busy = getattr(self.store, "busy", None)
+        if busy is None or not busy(inode.path):
+            raise errors.NotFound()
+        deadline = asyncio.get_running_loop().time() + MOVE_WAIT
+        while busy(inode.path) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.002)
+        fresh = await self._get(inode.path)
+        if fresh is None or fresh.type != FILE:
+            raise errors.NotFound()
+        return fresh
 
     async def list_directory(self, identity: str, directory: Inode) -> list[Inode]:
         if not permissions.may_read(identity, directory):
@@ -168,11 +188,14 @@ class Engine:
                          instance_id=self.instance_id if backend == "localfs" else None)
                 for p in ancestors(path)]
 
-    async def _check_create(self, identity: str, path: str, wanted: str) -> Inode | None:
+    async def _check_create(self, identity: str, path: str, wanted: str):
         """The checks of API.md §9.3/§9.4 that come before any byte is read, in their order.
-        Returns the existing entry, if any."""
+        Returns the existing entry (or None) and the anchor: the deepest existing ancestor's
+        (id, path), which must not move while the entry is written below it."""
         chain = ancestors(path)
         found = await self.store.get_many(chain + [path])
+        anchor = next((found[p] for p in reversed(chain) if p in found), None)
+        anchor = None if anchor is None else (anchor.id, anchor.path)
         existing = found.get(path)
         blocking_file = next((found[p] for p in chain if p in found and found[p].type == FILE), None)
         if existing is not None and existing.type == FILE and not permissions.may_write(identity, existing):
@@ -183,15 +206,15 @@ class Engine:
             raise CrossServerConflict(existing, wanted)
         if blocking_file is not None:
             raise errors.NotADirectory("a parent of the path is a file")
-        return existing
+        return existing, anchor
 
     async def create_directory(self, identity: str, path: str) -> bool:
         """POST with a trailing slash: True when created, False when it already existed."""
-        existing = await self._check_create(identity, path, DIRECTORY)
+        existing, _ = await self._check_create(identity, path, DIRECTORY)
         if existing is not None:
             return self._directory_exists(existing)
         async with self.locks.hold([dir_key(path)], self.lock_timeout):
-            existing = await self._check_create(identity, path, DIRECTORY)
+            existing, anchor = await self._check_create(identity, path, DIRECTORY)
             if existing is not None:
                 return self._directory_exists(existing)
             backend_name = self.default_backend
@@ -202,7 +225,8 @@ class Engine:
                              group=identity, mtime_ns=stamp, backend=backend_name,
                              instance_id=self.instance_id if backend_name == "localfs" else None)
             try:
-                await self.store.create(self._ancestor_rows(path, identity, stamp, backend_name), entry)
+                await self.store.create(self._ancestor_rows(path, identity, stamp, backend_name),
+                                        entry, anchor)
             except errors.AlreadyExists as exc:
                 return self._directory_exists(exc.existing)
             return True
@@ -215,33 +239,34 @@ class Engine:
 
     async def create_file(self, identity: str, path: str, body, check: Check | None = None) -> None:
         """POST without a trailing slash: a new file; never overwrites."""
-        existing = await self._check_create(identity, path, FILE)
+        existing, _ = await self._check_create(identity, path, FILE)
         if existing is not None:
             raise errors.AlreadyExists()
         if check is not None:
             check(None)
         _check_announced_size(body)
         async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-            if await self._check_create(identity, path, FILE) is not None:
+            existing, anchor = await self._check_create(identity, path, FILE)
+            if existing is not None:
                 raise errors.AlreadyExists()
             if check is not None:
                 check(None)
-            await self._store_new(identity, path, body, lease)
+            await self._store_new(identity, path, body, lease, anchor)
 
     async def put_file(self, identity: str, path: str, body, check: Check | None = None) -> bool:
         """PUT: create (True) or replace the content of an existing file (False)."""
-        existing = await self._check_create(identity, path, FILE)
+        existing, _ = await self._check_create(identity, path, FILE)
         if existing is not None and existing.type == DIRECTORY:
             raise errors.IsADirectory()
         if check is not None:
             check(existing)
         _check_announced_size(body)
         async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-            existing = await self._check_create(identity, path, FILE)
+            existing, anchor = await self._check_create(identity, path, FILE)
             if existing is None:
                 if check is not None:
                     check(None)
-                await self._store_new(identity, path, body, lease)
+                await self._store_new(identity, path, body, lease, anchor)
                 return True
             if existing.type == DIRECTORY:
                 raise errors.IsADirectory()
@@ -250,7 +275,7 @@ class Engine:
             await self._replace(existing, body, lease)
             return False
 
-    async def _store_new(self, identity: str, path: str, body, lease) -> Inode:
+    async def _store_new(self, identity: str, path: str, body, lease, anchor) -> Inode:
         backend_name = self.default_backend
         backend = self.backends[backend_name]
         stamp = now_ns()
@@ -260,7 +285,7 @@ class Engine:
                          instance_id=self.instance_id if backend_name == "localfs" else None,
                          fence=lease.fence)
         ancestors = self._ancestor_rows(path, identity, stamp, backend_name)
-        return await self._record(upload, lease, self.store.create, ancestors, entry)
+        return await self._record(upload, lease, self.store.create, ancestors, entry, anchor)
 
     async def _replace(self, existing: Inode, body, lease) -> Inode:
         backend = self.backend_for(existing)
@@ -311,6 +336,12 @@ class Engine:
         await upload.commit(stamp, getattr(lease, "check", None))
         return upload
 
+    # -- rename, move --------------------------------------------------------------------------
+
+    async def move(self, identity: str, path: str, request, check: Check | None = None) -> Inode:
+        """PATCH (API.md §9.6): rename or move an entry, a directory with its subtree."""
+        return await moves.move(self, identity, path, request, check)
+
     # -- deletion ----------------------------------------------------------------------------
 
     async def delete(self, identity: str, path: str, check: Check | None = None) -> None:
@@ -351,7 +382,7 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, lock_timeout: float
     finishes it). Leftovers whose entry cannot be told are taken back once `min_age` old.
     A file of a user's that merely has such a name is an entry of the namespace, and stays.
     """
-    handled = 0
+    handled = await moves.recover_moves(engine, lock_timeout)
     for name, backend in engine.backends.items():
         leftovers = getattr(backend, "leftovers", None)
         if leftovers is None:

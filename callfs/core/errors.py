@@ -74,6 +74,12 @@ class WriteConflict(LockTimeout):
     message = "another writer changed the file; try again"
 
 
+class ParentMoved(WriteConflict):
+    """A directory above the entry moved while the entry was written there."""
+
+    message = "a parent directory moved while the file was written; try again"
+
+
 class ServiceUnavailable(CallFSError):
     status, code, message = 503, "SERVICE_UNAVAILABLE", "a storage service is unavailable"
 

@@ -33,7 +33,7 @@ _FILES, _FILES_SLASH = b"/v1/files", b"/v1/files/"
 _WS = b"/v1/files/ws/"
 _DIRS, _DIRS_SLASH = b"/v1/directories", b"/v1/directories/"
 _FILE_METHODS = {b"GET": "get", b"HEAD": "head", b"POST": "post", b"PUT": "put",
-                 b"DELETE": "delete"}
+                 b"DELETE": "delete", b"PATCH": "patch"}
 
 
 def error_response(exc: CallFSError) -> Response:
@@ -105,7 +105,7 @@ class Router:
                 return await self._with_path(request, raw, len(_FILES), self.system.websocket)
             if handler_name is None:
                 self._identify_first(request)
-                return method_not_allowed("GET", "HEAD", "POST", "PUT", "DELETE")
+                return method_not_allowed("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
             handler = getattr(self.files, handler_name)
             return await self._with_path(request, raw, len(_FILES), handler)
         if raw == _DIRS or raw.startswith(_DIRS_SLASH):

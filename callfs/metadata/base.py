@@ -27,11 +27,22 @@ class MetadataStore(Protocol):
     async def list_descendants(self, directory: Inode) -> list[Inode]:
         """Every entry strictly below `directory`, in any order."""
 
-    async def create(self, ancestors: list[NewInode], entry: NewInode) -> Inode:
+    async def create(self, ancestors: list[NewInode], entry: NewInode,
+                     anchor: tuple[int, str] | None = None) -> Inode:
         """Create `entry` and any of `ancestors` (root first) that are missing, atomically.
 
         Raises NotADirectory when an ancestor exists as a file, AlreadyExists when `entry`
-        exists (carrying the existing inode as `.existing`).
+        exists (carrying the existing inode as `.existing`), ParentMoved when the entry
+        `anchor` (id, path: the directory the bytes were written into) has another path now.
+        """
+
+    async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
+                   replace: Inode | None, publish) -> Inode:
+        """Give `source` (with its whole subtree, for a directory: one prefix rewrite) the
+        path `dest`, in one transaction: `replace` (the entry at `dest`, a file or an empty
+        directory) is deleted, missing `ancestors` of `dest` are created, then `publish()`
+        moves the bytes before the commit. NotFound when `source` is gone or moved,
+        AlreadyExists when `dest` is taken, DirectoryNotEmpty for a `replace` with children.
         """
 
     async def max_fence(self) -> int:

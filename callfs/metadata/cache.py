@@ -14,6 +14,7 @@ needs the same lock.
 import os
 
 from callfs._native.generations import GenerationTable, table_bytes
+from callfs.core.model import DIRECTORY
 
 DEFAULT_SLOTS = 1 << 16
 DEFAULT_CAPACITY = 100_000
@@ -67,6 +68,10 @@ class CachedStore:
         if entry is not None and entry.stamp == self.table.stamp(path):
             return entry
         return None
+
+    def busy(self, path: str) -> bool:
+        """A write or a move that may change `path` is in flight (in any process here)."""
+        return self.table.stamp(path) < 0
 
     async def get(self, path: str):
         entry = self.lookup(path)
@@ -151,10 +156,25 @@ class CachedStore:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def create(self, ancestors, entry):
+    async def create(self, ancestors, entry, anchor=None):
         paths = [item.path for item in ancestors]
         paths.append(entry.path)
-        return await self._announced(paths, self.store.create(ancestors, entry))
+        return await self._announced(paths, self.store.create(ancestors, entry, anchor))
+
+    async def move(self, source, dest: str, ancestors, replace, publish):
+        """A file's move invalidates its two paths; a directory's, every entry (the whole
+        cache of every process: moves of directories are rare, their subtrees maybe large)."""
+        paths = [item.path for item in ancestors] + [source.path, dest]
+        operation = self.store.move(source, dest, ancestors, replace, publish)
+        if source.type != DIRECTORY:
+            return await self._announced(paths, operation)
+        self.table.begin_all()
+        try:
+            return await self._announced(paths, operation)
+        finally:
+            self.table.end_all()
+            self.entries.clear()
+            self.extra_bytes = 0
 
     async def update_content(self, existing, size: int, mtime_ns: int, fence: int = 0):
         return await self._announced([existing.path],

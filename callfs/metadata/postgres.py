@@ -40,6 +40,15 @@ _DESCENDANTS = (f"SELECT {_COLUMNS} FROM inodes "
                 'WHERE path COLLATE "C" > $1 AND path COLLATE "C" < $2')
 _ANCESTORS = "SELECT path, id, type FROM inodes WHERE path = ANY($1::text[])"
 _FIND = "SELECT id, type FROM inodes WHERE path = $1"
+# The anchor of a write: the directory its bytes went into must still be at the path it had.
+# A share lock on the key waits for a move in progress (which updates the row's path).
+_ANCHOR = "SELECT path FROM inodes WHERE id = $1 FOR KEY SHARE"
+_LOCK_MOVED = f"SELECT {_COLUMNS} FROM inodes WHERE id = $1 FOR UPDATE"
+_MOVE_ROW = (f"UPDATE inodes SET path = $2, parent_id = $3, name = $4 WHERE id = $1"
+             f" RETURNING {_COLUMNS}")
+# Every descendant in one statement: the old prefix replaced by the new one.
+_MOVE_SUBTREE = ('UPDATE inodes SET path = $2 || substr(path, char_length($1) + 1)'
+                 ' WHERE path COLLATE "C" > $3 AND path COLLATE "C" < $4')
 _INSERT = (
     "INSERT INTO inodes (parent_id, name, path, type, size, mode, owner, group_name, atime, mtime,"
     " ctime, mtime_ns, ctime_ns, backend_type, callfs_instance_id, created_at, updated_at,"
@@ -385,10 +394,20 @@ class PostgresStore:
                     raise _unavailable(exc) from exc
                 raise
 
-    async def create(self, ancestors: list[NewInode], entry: NewInode) -> Inode:
-        return await self._write(self._create_tx, ancestors, entry)
+    async def create(self, ancestors: list[NewInode], entry: NewInode,
+                     anchor: tuple[int, str] | None = None) -> Inode:
+        return await self._write(self._create_tx, ancestors, entry, anchor)
 
-    async def _create_tx(self, conn, ancestors: list[NewInode], entry: NewInode) -> Inode:
+    @staticmethod
+    async def _check_anchor(conn, anchor: tuple[int, str] | None) -> None:
+        if anchor is not None:
+            row = await conn.fetchrow(_ANCHOR, anchor[0])
+            if row is not None and row[0] != anchor[1]:
+                raise errors.ParentMoved()
+
+    async def _create_tx(self, conn, ancestors: list[NewInode], entry: NewInode,
+                         anchor: tuple[int, str] | None = None) -> Inode:
+        await self._check_anchor(conn, anchor)
         parent_id = None
         if ancestors:
             known = {row[0]: (row[1], row[2])
@@ -438,6 +457,49 @@ class PostgresStore:
                 raise errors.WriteConflict()
             raise errors.NotFound()
         return _inode(row)
+
+    async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
+                   replace: Inode | None, publish) -> Inode:
+        return await self._write(self._move_tx, source, dest, ancestors, replace, publish)
+
+    async def _move_tx(self, conn, source: Inode, dest: str, ancestors: list[NewInode],
+                       replace: Inode | None, publish) -> Inode:
+        row = await conn.fetchrow(_LOCK_MOVED, source.id)
+        if row is None or row[1] != source.path:
+            raise errors.NotFound()
+        if replace is not None:
+            await self._delete_tx(conn, replace)
+        parent_id = await self._parents_tx(conn, ancestors)
+        if await conn.fetchrow(_FIND, dest) is not None:
+            raise errors.AlreadyExists()
+        try:
+            moved = await conn.fetchrow(_MOVE_ROW, source.id, dest, parent_id,
+                                        dest.rsplit("/", 1)[1])
+        except asyncpg.UniqueViolationError:
+            raise errors.AlreadyExists() from None
+        if source.type == DIRECTORY:
+            await conn.execute(_MOVE_SUBTREE, source.path, dest, source.path + "/",
+                               source.path + "0")
+        publish()
+        return _inode(moved)
+
+    async def _parents_tx(self, conn, ancestors: list[NewInode]) -> int | None:
+        """The id of the last of `ancestors` (root first), creating the missing ones."""
+        parent_id = None
+        known = {row[0]: (row[1], row[2])
+                 for row in await conn.fetch(_ANCESTORS, [item.path for item in ancestors])}
+        for item in ancestors:
+            found = known.get(item.path)
+            if found is None:
+                row = await self._insert(conn, item, parent_id)
+                found = (row[0], row[4]) if row is not None else await conn.fetchrow(
+                    _FIND, item.path)
+                if found is None:
+                    raise _Rerun()
+            if found[1] != DIRECTORY:
+                raise errors.NotADirectory("a parent of the path is a file")
+            parent_id = found[0]
+        return parent_id
 
     async def delete(self, inode: Inode) -> None:
         await self._write(self._delete_tx, inode)

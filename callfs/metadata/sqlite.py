@@ -197,10 +197,17 @@ class SQLiteStore:
                 self._write_lock.release()
         return await self._run(self._transaction, fn, *args)
 
-    async def create(self, ancestors: list[NewInode], entry: NewInode) -> Inode:
-        return await self._write(self._create_tx, ancestors, entry)
+    async def create(self, ancestors: list[NewInode], entry: NewInode,
+                     anchor: tuple[int, str] | None = None) -> Inode:
+        return await self._write(self._create_tx, ancestors, entry, anchor)
 
-    def _create_tx(self, conn, ancestors: list[NewInode], entry: NewInode) -> Inode:
+    def _create_tx(self, conn, ancestors: list[NewInode], entry: NewInode,
+                   anchor: tuple[int, str] | None = None) -> Inode:
+        if anchor is not None:
+            # The directory the bytes went into must still be at the path it had.
+            row = conn.execute("SELECT path FROM inodes WHERE id = ?", (anchor[0],)).fetchone()
+            if row is not None and row[0] != anchor[1]:
+                raise errors.ParentMoved()
         parent_id = None
         for item in ancestors:
             row = conn.execute("SELECT id, type FROM inodes WHERE path = ?", (item.path,)).fetchone()
@@ -251,6 +258,39 @@ class SQLiteStore:
                 raise errors.WriteConflict()
             raise errors.NotFound()
         row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (inode.id,)).fetchone()
+        return _inode(row)
+
+    async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
+                   replace: Inode | None, publish) -> Inode:
+        return await self._write(self._move_tx, source, dest, ancestors, replace, publish)
+
+    def _move_tx(self, conn, source: Inode, dest: str, ancestors: list[NewInode],
+                 replace: Inode | None, publish) -> Inode:
+        row = conn.execute("SELECT path FROM inodes WHERE id = ?", (source.id,)).fetchone()
+        if row is None or row[0] != source.path:
+            raise errors.NotFound()
+        if replace is not None:
+            self._delete_tx(conn, replace)
+        parent_id = None
+        for item in ancestors:
+            row = conn.execute("SELECT id, type FROM inodes WHERE path = ?", (item.path,)).fetchone()
+            if row is None:
+                parent_id = self._insert(conn, item, parent_id)
+            elif row[1] != DIRECTORY:
+                raise errors.NotADirectory("a parent of the path is a file")
+            else:
+                parent_id = row[0]
+        if conn.execute("SELECT 1 FROM inodes WHERE path = ?", (dest,)).fetchone():
+            raise errors.AlreadyExists()
+        conn.execute("UPDATE inodes SET path = ?, parent_id = ?, name = ? WHERE id = ?",
+                     (dest, parent_id, dest.rsplit("/", 1)[1], source.id))
+        if source.type == DIRECTORY:
+            # Every descendant in one statement: the old prefix replaced by the new one.
+            conn.execute("UPDATE inodes SET path = ? || substr(path, length(?) + 1)"
+                         " WHERE path > ? AND path < ?",
+                         (dest, source.path, source.path + "/", source.path + "0"))
+        publish()
+        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (source.id,)).fetchone()
         return _inode(row)
 
     async def delete(self, inode: Inode) -> None:

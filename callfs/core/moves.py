@@ -1,0 +1,146 @@
+"""Rename and move (API.md §9.6): the checks in the contract's order, the locks, and the one
+transaction that moves an entry — a whole subtree for a directory — with its bytes.
+
+Order: bytes first (one rename(2) inside the metadata transaction, undone if the commit
+fails), metadata second, under the locks of source and destination taken in one global order
+(so two opposite moves never wait on each other). An intent record lets recovery finish or
+undo a move a crash interrupted.
+"""
+from dataclasses import dataclass
+
+from callfs._native.pathnorm import ancestors, split_parent
+from callfs.core import errors, permissions
+from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
+from callfs.locks.base import dir_key, file_key
+
+
+@dataclass
+class MoveRequest:
+    """A PATCH body, parsed and normalised by the API layer (§9.6)."""
+
+    destination: str
+    overwrite: bool = False
+    create_parents: bool = False
+    backend: str | None = None
+    instance: str | None = None
+    copy: bool = False
+
+
+def lock_keys(*entries: tuple[str, str]) -> list[str]:
+    """(path, type) -> the lock key a writer of that entry takes."""
+    return [dir_key(path) if kind == DIRECTORY else file_key(path) for path, kind in entries]
+
+
+class Planner:
+    """The checks of §9.6 after the body's own, in the table's order: what the move will do,
+    or the error it answers. Run before the locks and again under them."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def plan(self, identity: str, src: str, request: MoveRequest, check=None):
+        engine = self.engine
+        dst = request.destination
+        chain = ancestors(dst)
+        found = await engine.store.get_many([src, dst] + chain)
+        source = found.get(src)
+        if source is None:
+            raise errors.NotFound()
+        allowed = (permissions.may_read(identity, source) if request.copy
+                   else permissions.may_delete(identity, source))
+        if not allowed:
+            raise errors.PermissionDenied()
+        existing = found.get(dst)
+        blocking = next((found[p] for p in chain if p in found and found[p].type == FILE), None)
+        if existing is not None and existing.type == FILE \
+                and not permissions.may_write(identity, existing):
+            raise errors.PermissionDenied()
+        if blocking is not None and not permissions.may_write(identity, blocking):
+            raise errors.PermissionDenied()
+        if src == ROOT or dst == ROOT:
+            raise errors.BadRequest("cannot rename or move the root directory")
+        relocating = self._relocation(source, request)
+        if dst == src and not relocating:
+            raise errors.BadRequest("destination is the same as the source")
+        if dst.startswith(src + "/"):
+            raise errors.BadRequest("cannot move a path into itself")
+        if relocating:
+            raise errors.BadRequest("moving bytes to another backend or instance is not "
+                                    "available on this node")
+        parent, _ = split_parent(dst)
+        if blocking is None and parent not in found and not request.create_parents:
+            raise errors.BadRequest(f'destination parent "{parent}" does not exist')
+        if blocking is not None:
+            raise errors.NotADirectory("a parent of the destination is a file")
+        if existing is not None:
+            if not request.overwrite:
+                raise errors.AlreadyExists()
+            if existing.type != source.type:
+                raise errors.AlreadyExists("the destination is of another type")
+            if existing.type == DIRECTORY and await engine.store.list_children(existing):
+                raise errors.DirectoryNotEmpty()
+            if existing.instance_id not in (None, engine.instance_id):
+                raise errors.AlreadyExists("the destination is held by another instance")
+        if source.instance_id not in (None, engine.instance_id):
+            raise errors.InternalError("the source is held by another instance")
+        if check is not None:
+            check(source)
+        return source, existing
+
+    def _relocation(self, source: Inode, request: MoveRequest) -> bool:
+        engine = self.engine
+        if request.backend is not None:
+            if request.backend not in ("localfs", "s3", "erasure") \
+                    or request.backend not in engine.backends:
+                raise errors.BadRequest(f'unknown backend "{request.backend}"')
+        if request.instance is not None and request.instance != engine.instance_id \
+                and request.instance not in engine.peers:
+            raise errors.BadRequest(f'unknown instance "{request.instance}"')
+        return ((request.backend is not None and request.backend != source.backend)
+                or (request.instance is not None
+                    and request.instance != (source.instance_id or engine.instance_id)))
+
+
+async def move(engine, identity: str, src: str, request: MoveRequest, check=None) -> Inode:
+    """Rename or move `src` to `request.destination`; the moved entry."""
+    planner = Planner(engine)
+    source, existing = await planner.plan(identity, src, request, check)
+    dst = request.destination
+    keys = lock_keys((src, source.type), (dst, source.type))
+    async with engine.locks.hold(keys, engine.lock_timeout):
+        source, existing = await planner.plan(identity, src, request, check)
+        backend = engine.backend_for(source)
+        bytes_move = backend.begin_move(src, dst, source.id, existing is not None)
+        rows = [NewInode(path=p, type=DIRECTORY, size=0, mode=engine.dir_mode,
+                         owner=source.owner, group=source.group, mtime_ns=now_ns(),
+                         backend=source.backend, instance_id=source.instance_id)
+                for p in ancestors(dst)]
+        try:
+            moved = await engine.store.move(source, dst, rows, existing, bytes_move.publish)
+        except BaseException:
+            bytes_move.undo()
+            raise
+        bytes_move.finish()
+        return moved
+
+
+async def recover_moves(engine, lock_timeout: float) -> int:
+    """Finish or undo the moves a crash interrupted (see backends/localmove.py)."""
+    handled = 0
+    for backend in engine.backends.values():
+        intents = getattr(backend, "move_intents", None)
+        if intents is None:
+            continue
+        for name, record in intents():
+            # Both kinds of key for both paths: the record does not say which kind moved.
+            keys = [make(path) for path in (record["src"], record["dst"])
+                    for make in (file_key, dir_key)]
+            try:
+                async with engine.locks.hold(keys, lock_timeout):
+                    row = await engine.store.get(record["dst"])
+                    committed = row is not None and row.id == record["id"]
+                    backend.recover_move(name, record, committed)
+            except errors.LockTimeout:
+                continue  # the mover still runs, or a dead one's locks have not expired
+            handled += 1
+    return handled
