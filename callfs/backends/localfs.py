@@ -13,6 +13,8 @@ import time
 
 from callfs._native.fsops import rename_exchange
 from callfs._native.generations import fnv1a
+from callfs.backends.localcopy import METHODS as COPY_METHODS
+from callfs.backends.localcopy import CopySource
 from callfs.backends.localmove import LocalMove, drop_intent, read_intents, recover_move
 from callfs.core import errors
 
@@ -365,6 +367,10 @@ class LocalFSBackend:
                 found.append(Leftover(f"{base}/{name}",
                                       None if target is None else f"{base}/{target}", same))
         return found
+
+    def copy_source(self, handle: ReadHandle, methods=COPY_METHODS) -> CopySource:
+        """The bytes of an open file as a body that fills a staged file inside the kernel."""
+        return CopySource(handle, methods)
 
     def begin_move(self, src: str, dst: str, entry_id: int, replace: bool) -> LocalMove:
         """Prepare moving the bytes of `src` (a file or a whole directory) to `dst`; the

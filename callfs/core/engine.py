@@ -275,12 +275,14 @@ class Engine:
             await self._replace(existing, body, lease)
             return False
 
-    async def _store_new(self, identity: str, path: str, body, lease, anchor) -> Inode:
+    async def _store_new(self, identity: str, path: str, body, lease, anchor,
+                         mode: int | None = None) -> Inode:
         backend_name = self.default_backend
         backend = self.backends[backend_name]
         stamp = now_ns()
         upload = await self._stage(backend, path, body, stamp, lease)
-        entry = NewInode(path=path, type=FILE, size=upload.size, mode=self.file_mode,
+        entry = NewInode(path=path, type=FILE, size=upload.size,
+                         mode=self.file_mode if mode is None else mode,
                          owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
                          instance_id=self.instance_id if backend_name == "localfs" else None,
                          fence=lease.fence)
@@ -341,6 +343,10 @@ class Engine:
     async def move(self, identity: str, path: str, request, check: Check | None = None) -> Inode:
         """PATCH (API.md §9.6): rename or move an entry, a directory with its subtree."""
         return await moves.move(self, identity, path, request, check)
+
+    async def copy(self, identity: str, path: str, request, check: Check | None = None) -> bool:
+        """PATCH with "copy": true: True when the destination was created."""
+        return await moves.copy(self, identity, path, request, check)
 
     # -- deletion ----------------------------------------------------------------------------
 

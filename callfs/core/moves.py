@@ -124,6 +124,78 @@ async def move(engine, identity: str, src: str, request: MoveRequest, check=None
         return moved
 
 
+async def copy(engine, identity: str, src: str, request: MoveRequest, check=None) -> bool:
+    """Copy `src` (a directory with its subtree) to `request.destination`: True when created,
+    False when an existing file was replaced. The bytes never leave the kernel."""
+    planner = Planner(engine)
+    source, existing = await planner.plan(identity, src, request, check)
+    dst = request.destination
+    if source.type == FILE:
+        async with engine.locks.hold([file_key(dst)], engine.lock_timeout) as lease:
+            source, existing = await planner.plan(identity, src, request, check)
+            await _copy_file(engine, identity, source, dst, existing, lease)
+            return existing is None
+    entries = await engine.store.list_descendants(source)
+    if not all(permissions.may_read(identity, entry) for entry in entries):
+        raise errors.PermissionDenied()  # before anything is written
+    async with engine.locks.hold([dir_key(dst)], engine.lock_timeout):
+        source, existing = await planner.plan(identity, src, request, check)
+        if existing is not None:
+            await engine.store.delete(existing)  # an empty directory (checked by the plan)
+        created: list[Inode] = []
+        try:
+            created.append(await _copy_directory(engine, identity, source, dst))
+            for entry in sorted(await engine.store.list_descendants(source),
+                                key=lambda e: e.path):
+                target = dst + entry.path[len(src):]
+                if entry.type == DIRECTORY:
+                    created.append(await _copy_directory(engine, identity, entry, target))
+                    continue
+                async with engine.locks.hold([file_key(target)], engine.lock_timeout) as lease:
+                    created.append(await _copy_file(engine, identity, entry, target, None,
+                                                    lease))
+        except BaseException:
+            await _remove_created(engine, created)
+            raise
+    return True
+
+
+async def _copy_file(engine, identity: str, source: Inode, dst: str, existing: Inode | None,
+                     lease) -> Inode:
+    found, anchor = await engine._check_create(identity, dst, FILE)
+    if (found is None) != (existing is None) or (found and found.id != existing.id):
+        raise errors.AlreadyExists()  # the destination changed since the plan
+    source, handle = await engine.open_current(identity, source)
+    try:
+        body = engine.backend_for(source).copy_source(handle)
+        if existing is not None:
+            return await engine._replace(existing, body, lease)
+        return await engine._store_new(identity, dst, body, lease, anchor, mode=source.mode)
+    finally:
+        handle.close()
+
+
+async def _copy_directory(engine, identity: str, source: Inode, dst: str) -> Inode:
+    backend_name = engine.default_backend
+    engine.backends[backend_name].make_directory(dst)
+    stamp = now_ns()
+    entry = NewInode(path=dst, type=DIRECTORY, size=0, mode=source.mode, owner=identity,
+                     group=identity, mtime_ns=stamp, backend=backend_name,
+                     instance_id=engine.instance_id if backend_name == "localfs" else None)
+    return await engine.store.create(engine._ancestor_rows(dst, identity, stamp, backend_name),
+                                     entry)
+
+
+async def _remove_created(engine, created: list[Inode]) -> None:
+    """Take back a directory copy that failed part-way: what it created goes, deepest first."""
+    for inode in sorted(created, key=lambda e: e.path, reverse=True):
+        try:
+            await engine.store.delete(inode)
+            engine.backend_for(inode).remove(inode.path, inode.type == DIRECTORY)
+        except (errors.CallFSError, OSError):
+            continue
+
+
 async def recover_moves(engine, lock_timeout: float) -> int:
     """Finish or undo the moves a crash interrupted (see backends/localmove.py)."""
     handled = 0
