@@ -829,7 +829,7 @@ def test_unknown_v1_route_with_key_404_text(server):
 
 
 @pytest.mark.parametrize("method,target,expected", [
-    ("OPTIONS", "/v1/files/x", ["DELETE", "GET", "HEAD", "POST", "PUT"]),
+    ("OPTIONS", "/v1/files/x", ["DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"]),
     ("POST", "/v1/directories/x", ["GET"]),
     ("HEAD", "/v1/directories/x", ["GET"]),
     ("DELETE", "/v1/directories/", ["GET"]),
