@@ -9,6 +9,13 @@ Deadlines are fields that a server-wide sweeper checks once a second: the reques
 arrive within read_timeout (slowloris), a body may not pause longer than read_timeout, a
 stalled client may not block a write longer than write_timeout, and an idle keep-alive
 connection lives 120 s.
+
+A handler may answer 101 with a WebSocket session (`Response.upgrade`): the connection then
+leaves HTTP. Every byte that arrives goes to the session instead of the parser, the session
+writes through `write`/`drain` (which wait on `pause_writing`) and pauses reading with
+`pause_body` while its handler lags. The keep-alive timer does not run for it; the stalled
+writer deadline does, and an upload that hears nothing from its client for the idle time is
+dropped. A graceful stop lets a transfer finish within the drain deadline.
 """
 import asyncio
 import logging
@@ -94,6 +101,8 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_fed = 0
         self._upgrade = False
+        self._upgrade_tail = b""  # bytes that followed an upgrade request's head
+        self._session = None      # the WebSocket session, once the connection left HTTP
         self._plain = True      # no header keeps the message off the hot path
         self._answered = False  # the hot path answered the message being parsed
         # deadlines (loop time; 0 = not running)
@@ -124,6 +133,8 @@ class HttpProtocol(asyncio.Protocol):
         for item in self.pipeline:
             if isinstance(item, Request):
                 item.body.fail(gone)
+        if self._session is not None:
+            self._session.lost()
         for waiter in (self._drain_waiter, self._read_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(gone)
@@ -142,14 +153,19 @@ class HttpProtocol(asyncio.Protocol):
     # -- reading ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._session is not None:
+            self._last_read = self.loop.time()
+            self._session.feed(data)
+            return
         if self._pause & _PAUSE_BROKEN:
             return
         self._last_read = self.loop.time()
         was_in_head = self._in_head
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             self._upgrade = True
+            self._upgrade_tail = data[exc.args[0]:] if exc.args else b""
             self._set_pause(_PAUSE_BROKEN)
         except _Reject as exc:
             self._parse_failed(exc.status)
@@ -353,6 +369,14 @@ class HttpProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def write(self, data) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport asks to pause writing; ClientGone once the peer is gone."""
+        await self._drain()
+
     async def _drain(self) -> None:
         if self.closed:
             raise ClientGone()
@@ -425,6 +449,17 @@ class HttpProtocol(asyncio.Protocol):
                 parts.append(_CHUNKED)
             elif length is not None:
                 parts.append(b"Content-Length: %d\r\n" % length)
+        if response.upgrade is not None:
+            if not self._upgrade:
+                # The parser did not see an upgrade (no `Connection: upgrade`): it would read
+                # the frames that follow as HTTP.
+                self.transport.write(_rejection_bytes(400))
+                self.close()
+                return False
+            parts.append(b"\r\n")
+            self.transport.write(b"".join(parts))
+            await self._serve_upgrade(response.upgrade)
+            return False
         if not keep:
             parts.append(_CLOSE)
         parts.append(b"\r\n")
@@ -455,6 +490,22 @@ class HttpProtocol(asyncio.Protocol):
         if not keep:
             self.close()
         return keep
+
+    async def _serve_upgrade(self, session) -> None:
+        """The 101 went out: the connection belongs to the session until it ends, then closes.
+        Reading was paused since the upgrade request's head; it resumes into the session."""
+        self._session = session
+        self._idle_since = 0.0
+        self._last_read = self.loop.time()
+        tail, self._upgrade_tail = self._upgrade_tail, b""
+        session.attach(self)
+        if tail:
+            session.feed(tail)
+        self._clear_pause(_PAUSE_BROKEN)
+        try:
+            await session.serve()
+        finally:
+            self.close()
 
     async def _await_discard(self, body: Body) -> None:
         """Keep the connection only once the unread body has arrived (and been dropped)."""
@@ -547,6 +598,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def check_deadlines(self, now: float) -> None:
         state = self.state
+        if self._session is not None:
+            if (self._stall_since and state.write_timeout
+                    and now - self._stall_since > state.write_timeout):
+                self.abort()
+            elif (self._session.awaiting_client and not self._pause
+                    and now - self._last_read > state.idle_timeout):
+                self.abort()
+            return
         if self._in_head:
             if state.read_timeout and now - self._head_start > state.read_timeout:
                 self.transport.write(_rejection_bytes(408))
@@ -567,7 +626,10 @@ class HttpProtocol(asyncio.Protocol):
             self.abort()
 
     def shutdown(self) -> None:
-        """Graceful stop: idle connections close now, busy ones after their response."""
+        """Graceful stop: idle connections close now, busy ones after their response (a
+        WebSocket transfer when it ends)."""
+        if self._session is not None:
+            return
         if self._idle_since or (not self.pipeline and self._current is None and not self._in_head):
             self.close()
 

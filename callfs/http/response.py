@@ -37,13 +37,15 @@ def date_header() -> bytes:
 class Response:
     """`headers` is a bytes block of complete `Name: value\\r\\n` lines. Exactly one body source
     is used: `file` (a ReadHandle: fd, offset, count; closed after sending), `stream` (an async
-    iterator of bytes, sent chunked unless `length` is known), or `body`."""
+    iterator of bytes, sent chunked unless `length` is known), or `body`. A 101 carries the
+    WebSocket session the connection switches to (`upgrade`)."""
 
     __slots__ = ("status", "headers", "body", "file", "offset", "length", "stream", "close",
-                 "on_sent")
+                 "on_sent", "upgrade")
 
     def __init__(self, status: int, headers: bytes = b"", body: bytes = b"", *, file=None,
-                 offset: int = 0, length: int | None = None, stream=None, close: bool = False):
+                 offset: int = 0, length: int | None = None, stream=None, close: bool = False,
+                 upgrade=None):
         self.status = status
         self.headers = headers
         self.body = body
@@ -53,6 +55,7 @@ class Response:
         self.stream = stream
         self.close = close
         self.on_sent = None
+        self.upgrade = upgrade
 
 
 def header_lines(pairs) -> bytes:
