@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 from callfs.api.directories import DirectoriesAPI
 from callfs.api.files import FilesAPI
 from callfs.api.system import SystemAPI
+from callfs.api.transfer import TransferAPI
 from callfs.backends.localfs import LocalFSBackend
 from callfs.core import errors
 from callfs.core.engine import Engine, recover
@@ -242,7 +243,8 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     engine = _build_engine(cfg, store, locks)
     auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret)
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
-    router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine), system=SystemAPI())
+    router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine),
+                    system=SystemAPI(TransferAPI(engine)))
     hot = HotPath(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
     REGISTRY.register(AttributeCounter("callfs_hot_path_responses",
                                        "GET/HEAD answered from the metadata cache in one write",

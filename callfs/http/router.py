@@ -102,7 +102,7 @@ class Router:
         if raw == _FILES or raw.startswith(_FILES_SLASH):
             handler_name = _FILE_METHODS.get(method)
             if method == b"GET" and raw.startswith(_WS):
-                return await self._with_path(request, raw, len(_FILES), self.system.websocket)
+                return await self._with_path(request, raw, len(_WS) - 1, self.system.websocket)
             if handler_name is None:
                 self._identify_first(request)
                 return method_not_allowed("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")

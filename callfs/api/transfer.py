@@ -1,0 +1,93 @@
+"""`GET /v1/files/ws/{path}?mode=download|upload`: file transfer over a WebSocket (API.md §12).
+
+The route's checks answer in HTTP; once upgraded, failures are close frames. A download sends
+the file in binary messages of at most 64 KiB, read one at a time from the engine's handle; an
+upload streams the messages into the engine's ordinary atomic write (PUT), which stages them
+and publishes only after the client's close frame.
+"""
+import os
+
+from callfs.core import errors
+from callfs.core.errors import ClientGone
+from callfs.core.model import DIRECTORY, ROOT
+from callfs.http.response import Response
+from callfs.http.websocket import (INTERNAL_ERROR, NORMAL, POLICY_VIOLATION, UNSUPPORTED_DATA,
+                                   Closed, accept)
+
+CHUNK = 64 * 1024  # API.md §12: binary messages of at most 65 536 bytes
+_MODES = ("download", "upload")
+
+
+class TransferAPI:
+    def __init__(self, engine):
+        self.engine = engine
+
+    async def websocket(self, request, path: str, trailing: bool) -> Response:
+        if trailing or path == ROOT:
+            raise errors.IsADirectory("a WebSocket transfer needs a file path")
+        mode = request.query_params().get("mode", "").strip().lower() or "download"
+        if mode not in _MODES:
+            raise errors.BadRequest("mode must be download or upload")
+        identity = request.identity
+        if mode == "download":
+            return accept(request, lambda ws: self._download(ws, identity, path), upload=False)
+        return accept(request, lambda ws: self._upload(ws, identity, path), upload=True)
+
+    async def _download(self, ws, identity: str, path: str) -> None:
+        engine = self.engine
+        try:
+            inode = await engine.stat(identity, path)
+        except (errors.NotFound, errors.PermissionDenied):
+            raise Closed(POLICY_VIOLATION, "read access denied") from None
+        except errors.CallFSError:
+            raise Closed(INTERNAL_ERROR, "failed to open file") from None
+        if inode.type == DIRECTORY:
+            raise Closed(INTERNAL_ERROR, "failed to open file")
+        try:
+            inode, handle = await engine.open_current(identity, inode)
+        except errors.PermissionDenied:
+            raise Closed(POLICY_VIOLATION, "read access denied") from None
+        except errors.CallFSError:
+            raise Closed(INTERNAL_ERROR, "failed to open file") from None
+        try:
+            offset, size = 0, handle.size
+            while offset < size:
+                if ws.remote_close is not None:
+                    return  # the client went away politely: answer its close, send no more
+                try:
+                    chunk = os.pread(handle.fd, min(CHUNK, size - offset), offset)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise Closed(INTERNAL_ERROR, "file read failed")
+                await ws.send_bytes(chunk)
+                offset += len(chunk)
+        finally:
+            handle.close()
+        await ws.close(NORMAL, "download complete")
+
+    async def _upload(self, ws, identity: str, path: str) -> None:
+        """The session is the body: `read` gives the messages' bytes and b"" after the client's
+        close frame; a limit, a protocol error or a lost connection raises inside the engine's
+        write, which then stores nothing."""
+        engine = self.engine
+        try:
+            await engine.put_file(identity, path, ws)
+        except (Closed, ClientGone):
+            raise
+        except errors.PermissionDenied:
+            raise Closed(POLICY_VIOLATION, "write access denied") from None
+        except errors.IsADirectory:
+            raise Closed(UNSUPPORTED_DATA, "target path is not a file") from None
+        except errors.CallFSError:
+            raise Closed(INTERNAL_ERROR, await self._failed_store(identity, path)) from None
+        await ws.send_text(f"ok:{ws.received}")
+        await ws.close(NORMAL, "upload complete")
+
+    async def _failed_store(self, identity: str, path: str) -> str:
+        """A failed write stores nothing, so the entry still tells whether it was a create."""
+        try:
+            await self.engine.stat(identity, path)
+        except errors.CallFSError:
+            return "file create failed"
+        return "file update failed"
