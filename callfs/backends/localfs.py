@@ -22,6 +22,7 @@ TMP_PREFIX = ".callfs-tmp-"
 _OLD = "-old"  # suffix of the old version's second name where exchange is unsupported
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
+_ATTEMPTS = 3
 _SHORT_PATH = 3800  # bytes-ish: well under PATH_MAX (4096) for an absolute path string
 
 
@@ -59,7 +60,7 @@ class LocalUpload:
     (when it could not) ends the write. Until then the temporary name stays on disk: it is
     the write's intent record, which recovery finds if the process dies in between."""
 
-    def __init__(self, dir_fd: int, name: str, durable: bool):
+    def __init__(self, dir_fd: int, name: str, durable: bool, new: bool = False):
         self.dir_fd = dir_fd
         self.name = name
         self.tmp = tmp_name(name)
@@ -69,6 +70,7 @@ class LocalUpload:
         self._identity = (info.st_ino, info.st_dev)  # tells our bytes at the name from others'
         self.size = 0
         self._durable = durable
+        self._new = new
         self._published = None  # "exchange" (tmp now holds the old version) or "link"
 
     def write(self, chunk) -> None:
@@ -138,16 +140,29 @@ class LocalUpload:
                 return
         else:
             self._published = "exchange"
-            if stat.S_ISDIR(os.stat(self.tmp, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                self.undo()
+            if not stat.S_ISDIR(os.stat(self.tmp, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return
+            rename_exchange(dir_fd, self.tmp, dir_fd, self.name)  # the directory back
+            self._published = None
+            if not self._drop_orphan_directory():
                 raise errors.AlreadyExists("a directory exists at this path")
-            return
         try:
             os.link(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
                     follow_symlinks=False)
         except FileExistsError:
             raise errors.AlreadyExists("the path appeared while writing") from None
         self._published = "link"
+
+    def _drop_orphan_directory(self) -> bool:
+        """For a new entry: remove the empty directory at the name, which the metadata does
+        not know (left by an upload that failed), so that the file can take the name."""
+        if not self._new:
+            return False
+        try:
+            os.rmdir(self.name, dir_fd=self.dir_fd)
+        except OSError:
+            return False
+        return True
 
     def finish(self) -> None:
         """The metadata records the new version: drop the intent (the old version, or the
@@ -233,9 +248,15 @@ class LocalFSBackend:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
         try:
             if len(absolute) < _SHORT_PATH:
-                if create:
-                    self._ensure_dir(absolute)
-                return os.open(absolute, flags), name
+                if not create:
+                    return os.open(absolute, flags), name
+                for _ in range(_ATTEMPTS):
+                    try:
+                        self._ensure_dir(absolute)
+                        return os.open(absolute, flags), name
+                    except FileNotFoundError:
+                        continue  # a directory on the way was just moved away: make it again
+                raise errors.ParentMoved()
             fd = os.open(self.root, flags)
             try:
                 for segment in parent_path.strip("/").split("/"):
@@ -285,10 +306,12 @@ class LocalFSBackend:
         finally:
             handle.close()
 
-    def begin_write(self, path: str) -> LocalUpload:
+    def begin_write(self, path: str, new: bool = False) -> LocalUpload:
+        """A staged write of `path`; `new` when the metadata holds no entry there, so that
+        an empty directory on disk at that name (a failed upload's leftover) may go."""
         dir_fd, name = self._parent(path, True)
         try:
-            return LocalUpload(dir_fd, name, self.durable)
+            return LocalUpload(dir_fd, name, self.durable, new)
         except BaseException:
             os.close(dir_fd)
             raise
@@ -309,18 +332,19 @@ class LocalFSBackend:
         finally:
             os.close(dir_fd)
 
-    def remove(self, path: str, is_dir: bool) -> None:
+    def remove(self, path: str, is_dir: bool) -> bool:
+        """Remove an entry's bytes; False when there were none at `path`."""
         try:
             dir_fd, name = self._parent(path, False)
         except errors.NotFound:
-            return
+            return False
         try:
             if is_dir:
                 os.rmdir(name, dir_fd=dir_fd)
             else:
                 os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
-            pass
+            return False
         except OSError as exc:
             if exc.errno != errno.ENOTEMPTY:
                 raise
@@ -328,6 +352,7 @@ class LocalFSBackend:
             # metadata calls empty non-empty on disk; leave it, the metadata is the truth.
         finally:
             os.close(dir_fd)
+        return True
 
     def leftovers(self, min_age: float = 0.0) -> list["Leftover"]:
         """Files named like a staged write: crash leftovers, or writes in flight (whose lock

@@ -280,7 +280,7 @@ class Engine:
         backend_name = self.default_backend
         backend = self.backends[backend_name]
         stamp = now_ns()
-        upload = await self._stage(backend, path, body, stamp, lease)
+        upload = await self._stage(backend, path, body, stamp, lease, new=True)
         entry = NewInode(path=path, type=FILE, size=upload.size,
                          mode=self.file_mode if mode is None else mode,
                          owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
@@ -314,11 +314,11 @@ class Engine:
         upload.finish()
         return inode
 
-    async def _stage(self, backend, path: str, body, stamp: int, lease):
+    async def _stage(self, backend, path: str, body, stamp: int, lease, new: bool = False):
         """Stream the body into a staged object and publish it, stamped with the mtime the
         metadata will record; returns the upload, to `finish` or `undo` once recorded.
         A lease that lapsed while the body streamed publishes nothing."""
-        upload = backend.begin_write(path)
+        upload = backend.begin_write(path, new)
         try:
             fill = getattr(upload, "fill", None)
             if fill is not None and getattr(body, "expected", None) is not None:
@@ -363,10 +363,28 @@ class Engine:
                 check(inode)
             await self.store.delete(inode)
             try:
-                self.backend_for(inode).remove(path, inode.type == DIRECTORY)
+                if not self.backend_for(inode).remove(path, inode.type == DIRECTORY):
+                    await self._remove_moved(inode)
             except OSError as exc:
                 # Metadata is the truth: the entry is gone; leftover bytes are only untidy.
                 log.warning("bytes of a deleted entry remain: %s", exc)
+
+    async def _remove_moved(self, inode: Inode) -> None:
+        """The bytes of a deleted entry were not at its path: a directory above it moved
+        after the entry's row was deleted (the move never saw the row). Follow the parent."""
+        backend = self.backend_for(inode)
+        busy = getattr(self.store, "busy", None)
+        deadline = asyncio.get_running_loop().time() + MOVE_WAIT
+        while asyncio.get_running_loop().time() < deadline:
+            parent = await self.store.path_of(inode.parent_id)
+            if parent is None:
+                return
+            target = ("" if parent == ROOT else parent) + "/" + inode.name
+            if target != inode.path and backend.remove(target, inode.type == DIRECTORY):
+                return
+            if busy is None or not busy(target):
+                return
+            await asyncio.sleep(0.005)
 
     @staticmethod
     def _check_delete(identity: str, inode: Inode) -> None:

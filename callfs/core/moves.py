@@ -107,6 +107,10 @@ async def move(engine, identity: str, src: str, request: MoveRequest, check=None
     source, existing = await planner.plan(identity, src, request, check)
     dst = request.destination
     keys = lock_keys((src, source.type), (dst, source.type))
+    if source.type == DIRECTORY:
+        # Every entry of the subtree too: a writer of an entry (by its old name) finishes
+        # before the move, and one that comes later finds the entry gone from that name.
+        keys += lock_keys(*((e.path, e.type) for e in await engine.store.list_descendants(source)))
     async with engine.locks.hold(keys, engine.lock_timeout):
         source, existing = await planner.plan(identity, src, request, check)
         backend = engine.backend_for(source)

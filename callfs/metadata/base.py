@@ -45,6 +45,9 @@ class MetadataStore(Protocol):
         AlreadyExists when `dest` is taken, DirectoryNotEmpty for a `replace` with children.
         """
 
+    async def path_of(self, inode_id: int) -> str | None:
+        """The current path of an entry (it may have moved), or None when it is gone."""
+
     async def max_fence(self) -> int:
         """The largest fencing number any entry records (0 when none): lock managers start
         their counters above it, so a recorded number never exceeds a new writer's."""
@@ -56,4 +59,5 @@ class MetadataStore(Protocol):
         recorded (WriteConflict otherwise). NotFound if it is gone."""
 
     async def delete(self, inode: Inode) -> None:
-        """Remove an entry; DirectoryNotEmpty for a directory with children, NotFound if gone."""
+        """Remove an entry; DirectoryNotEmpty for a directory with children, NotFound if gone
+        or moved away from `inode.path`."""

@@ -59,11 +59,12 @@ _INSERT = (
 _UPDATE_CONTENT = (
     "UPDATE inodes SET size = $2, mtime = $3, mtime_ns = $4, updated_at = $3,"
     " version = version + 1, fence = $6"
-    " WHERE id = $1 AND type = 'file' AND version = $5 AND fence <= $6"
+    " WHERE id = $1 AND type = 'file' AND version = $5 AND fence <= $6 AND path = $7"
     f" RETURNING {_COLUMNS}")
 _MAX_FENCE = "SELECT COALESCE(MAX(fence), 0) FROM inodes"
-_IS_FILE = "SELECT 1 FROM inodes WHERE id = $1 AND type = 'file'"
-_LOCK_ROW = "SELECT id FROM inodes WHERE id = $1 FOR UPDATE"
+_IS_FILE = "SELECT path FROM inodes WHERE id = $1 AND type = 'file'"
+_LOCK_ROW = "SELECT id, path FROM inodes WHERE id = $1 FOR UPDATE"
+_PATH_OF = "SELECT path FROM inodes WHERE id = $1"
 _HAS_CHILD = "SELECT 1 FROM inodes WHERE parent_id = $1 LIMIT 1"
 _DELETE = "DELETE FROM inodes WHERE id = $1"
 _ROOT = (
@@ -336,6 +337,10 @@ class PostgresStore:
         rows = await self._fetch(_GET, path)
         return _inode(rows[0]) if rows else None
 
+    async def path_of(self, inode_id: int) -> str | None:
+        rows = await self._fetch(_PATH_OF, inode_id)
+        return rows[0][0] if rows else None
+
     async def max_fence(self) -> int:
         return (await self._fetch(_MAX_FENCE))[0][0]
 
@@ -451,11 +456,14 @@ class PostgresStore:
     async def _update_content_tx(conn, inode: Inode, size: int, mtime_ns: int,
                                  fence: int) -> Inode:
         row = await conn.fetchrow(_UPDATE_CONTENT, inode.id, size, _stamp(mtime_ns), mtime_ns,
-                                  inode.version, fence)
+                                  inode.version, fence, inode.path)
         if row is None:
-            if await conn.fetchrow(_IS_FILE, inode.id) is not None:
-                raise errors.WriteConflict()
-            raise errors.NotFound()
+            found = await conn.fetchrow(_IS_FILE, inode.id)
+            if found is None:
+                raise errors.NotFound()
+            if found[0] != inode.path:
+                raise errors.ParentMoved()
+            raise errors.WriteConflict()
         return _inode(row)
 
     async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
@@ -509,8 +517,9 @@ class PostgresStore:
         # Lock the row first: a creator inserting a child holds a key-share lock on it (the
         # foreign key), so once the lock is ours every child is committed and visible to the
         # next statement, and later creators fail their foreign-key check and run again.
-        if await conn.fetchrow(_LOCK_ROW, inode.id) is None:
-            raise errors.NotFound()
+        row = await conn.fetchrow(_LOCK_ROW, inode.id)
+        if row is None or row[1] != inode.path:
+            raise errors.NotFound()  # gone, or moved away from the path the caller named
         if await conn.fetchrow(_HAS_CHILD, inode.id) is not None:
             raise errors.DirectoryNotEmpty()
         await conn.execute(_DELETE, inode.id)

@@ -132,6 +132,10 @@ class SQLiteStore:
         rows = self._read(f"SELECT {_COLUMNS} FROM inodes WHERE path = ?", (path,))
         return _inode(rows[0]) if rows else None
 
+    async def path_of(self, inode_id: int) -> str | None:
+        rows = self._read("SELECT path FROM inodes WHERE id = ?", (inode_id,))
+        return rows[0][0] if rows else None
+
     async def max_fence(self) -> int:
         return self._read("SELECT COALESCE(MAX(fence), 0) FROM inodes", ())[0][0]
 
@@ -250,13 +254,16 @@ class SQLiteStore:
         # number: a writer whose lock expired while it worked cannot record over a newer version.
         cur = conn.execute(
             "UPDATE inodes SET size = ?, mtime = ?, updated_at = ?, version = version + 1,"
-            " fence = ? WHERE id = ? AND type = 'file' AND version = ? AND fence <= ?",
-            (size, stamp, stamp, fence, inode.id, inode.version, fence))
+            " fence = ? WHERE id = ? AND type = 'file' AND version = ? AND fence <= ? AND path = ?",
+            (size, stamp, stamp, fence, inode.id, inode.version, fence, inode.path))
         if cur.rowcount != 1:
-            if conn.execute("SELECT 1 FROM inodes WHERE id = ? AND type = 'file'",
-                            (inode.id,)).fetchone():
-                raise errors.WriteConflict()
-            raise errors.NotFound()
+            found = conn.execute("SELECT path FROM inodes WHERE id = ? AND type = 'file'",
+                                 (inode.id,)).fetchone()
+            if found is None:
+                raise errors.NotFound()
+            if found[0] != inode.path:
+                raise errors.ParentMoved()  # the entry moved while it was written
+            raise errors.WriteConflict()
         row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (inode.id,)).fetchone()
         return _inode(row)
 
@@ -299,6 +306,7 @@ class SQLiteStore:
     def _delete_tx(self, conn, inode: Inode) -> None:
         if conn.execute("SELECT 1 FROM inodes WHERE parent_id = ? LIMIT 1", (inode.id,)).fetchone():
             raise errors.DirectoryNotEmpty()
-        cur = conn.execute("DELETE FROM inodes WHERE id = ?", (inode.id,))
+        # Gone, or moved away from the path the caller named: not found.
+        cur = conn.execute("DELETE FROM inodes WHERE id = ? AND path = ?", (inode.id, inode.path))
         if cur.rowcount != 1:
             raise errors.NotFound()
