@@ -5,7 +5,19 @@ a creation is atomic with the creation of its missing ancestors, and a path is u
 """
 from typing import Protocol
 
+from callfs.core import errors
 from callfs.core.model import Inode, NewInode
+
+
+def _publish_bytes(publish) -> None:
+    """Run a move's bytes callback inside a store transaction: its failure is the move's own
+    (never mistaken for a lost database connection, which would run the transaction again)."""
+    try:
+        publish()
+    except errors.CallFSError:
+        raise
+    except Exception as exc:
+        raise errors.InternalError("the bytes could not be moved") from exc
 
 
 class MetadataStore(Protocol):

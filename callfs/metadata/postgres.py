@@ -17,6 +17,7 @@ import asyncpg
 
 from callfs.core import errors
 from callfs.core.model import DIRECTORY, Inode, NewInode, now_ns
+from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.migrate import migration_files
 
 # Serialises migrations of every CallFS instance that starts against the same database.
@@ -46,6 +47,11 @@ _ANCHOR = "SELECT path FROM inodes WHERE id = $1 FOR KEY SHARE"
 _LOCK_MOVED = f"SELECT {_COLUMNS} FROM inodes WHERE id = $1 FOR UPDATE"
 _MOVE_ROW = (f"UPDATE inodes SET path = $2, parent_id = $3, name = $4 WHERE id = $1"
              f" RETURNING {_COLUMNS}")
+# Lock every descendant first: this waits for writers that are inserting entries below them
+# (their foreign-key checks hold key-share locks), so that the rewrite, a later statement with a
+# later snapshot, sees those entries too; later inserts below the subtree wait for the commit.
+_LOCK_SUBTREE = ('SELECT id FROM inodes WHERE path COLLATE "C" > $1 AND path COLLATE "C" < $2'
+                 ' FOR UPDATE')
 # Every descendant in one statement: the old prefix replaced by the new one.
 _MOVE_SUBTREE = ('UPDATE inodes SET path = $2 || substr(path, char_length($1) + 1)'
                  ' WHERE path COLLATE "C" > $3 AND path COLLATE "C" < $4')
@@ -486,9 +492,10 @@ class PostgresStore:
         except asyncpg.UniqueViolationError:
             raise errors.AlreadyExists() from None
         if source.type == DIRECTORY:
+            await conn.execute(_LOCK_SUBTREE, source.path + "/", source.path + "0")
             await conn.execute(_MOVE_SUBTREE, source.path, dest, source.path + "/",
                                source.path + "0")
-        publish()
+        _publish(publish)
         return _inode(moved)
 
     async def _parents_tx(self, conn, ancestors: list[NewInode]) -> int | None:

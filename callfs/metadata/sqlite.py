@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from callfs.core import errors
 from callfs.core.model import DIRECTORY, Inode, NewInode, now_ns, parse_rfc3339, rfc3339_nanos
+from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.migrate import migration_files, split_statements
 
 _COLUMNS = ("id, path, parent_id, name, type, size, mode, owner, group_name, mtime, ctime, "
@@ -296,7 +297,7 @@ class SQLiteStore:
             conn.execute("UPDATE inodes SET path = ? || substr(path, length(?) + 1)"
                          " WHERE path > ? AND path < ?",
                          (dest, source.path, source.path + "/", source.path + "0"))
-        publish()
+        _publish(publish)
         row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (source.id,)).fetchone()
         return _inode(row)
 

@@ -3,7 +3,6 @@
 Every test works below its own `ns` directory on the shared session server, and asserts the
 status, headers and bytes a client receives plus the state left on disk.
 """
-import http.client
 import json
 import os
 import re

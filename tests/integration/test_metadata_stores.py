@@ -418,6 +418,89 @@ def test_fencing_numbers_are_recorded_and_never_go_back(stores):
     stores.run(body)
 
 
+def test_move_rewrites_a_subtree_in_one_transaction(stores):
+    """A directory moves with every descendant (ids, parents and the rest kept); the bytes'
+    callback runs once, inside the transaction."""
+    async def body(store):
+        for path in ("/m/a/x", "/m/a/y/z", "/m/a/y/w/deep"):
+            await make(store, path, size=len(path))
+        await make(store, "/m/a0", DIRECTORY)  # shares the prefix, is not inside
+        source = await store.get("/m/a")
+        before = {e.path: e for e in await store.list_descendants(source)}
+        calls = []
+        moved = await store.move(source, "/n/c", chain("/n/c"), None, lambda: calls.append(1))
+        assert calls == [1]
+        assert (moved.id, moved.path, moved.name) == (source.id, "/n/c", "c")
+        assert moved.parent_id == (await store.get("/n")).id
+        after = {e.path: e for e in await store.list_descendants(moved)}
+        assert sorted(after) == sorted(p.replace("/m/a", "/n/c", 1) for p in before)
+        for old, entry in before.items():
+            new = after[old.replace("/m/a", "/n/c", 1)]
+            assert (new.id, new.parent_id, new.size, new.version, new.mtime_ns) == (
+                entry.id, entry.parent_id, entry.size, entry.version, entry.mtime_ns)
+        assert await store.get("/m/a") is None and await store.get("/m/a/y/z") is None
+        assert await store.get("/m/a0") is not None
+        assert [c.name for c in await store.list_children(await store.get("/m"))] == ["a0"]
+        assert await store.path_of(before["/m/a/y/z"].id) == "/n/c/y/z"
+    stores.run(body)
+
+
+def test_move_refusals_leave_everything_as_it_was(stores):
+    async def body(store):
+        src = await make(store, "/s/f", size=1)
+        other = await make(store, "/s/g", size=2)
+        with pytest.raises(errors.AlreadyExists):
+            await store.move(src, "/s/g", chain("/s/g"), None, lambda: None)
+
+        def failing():
+            raise OSError("the bytes could not move")
+        with pytest.raises(errors.InternalError):  # the move's own failure, not a 503
+            await store.move(src, "/s/h", chain("/s/h"), None, failing)
+        assert await store.get("/s/f") == src and await store.get("/s/h") is None
+        # A source that moved away (or went) since the caller read it.
+        stale = msgspec.structs.replace(src, path="/s/elsewhere")
+        with pytest.raises(errors.NotFound):
+            await store.move(stale, "/s/h", chain("/s/h"), None, lambda: None)
+        # Replacing: a file, an empty directory; never a directory with entries.
+        replaced = await store.move(src, "/s/g", chain("/s/g"), other, lambda: None)
+        assert replaced.id == src.id and (await store.get("/s/g")).size == 1
+        empty = await make(store, "/s/empty", DIRECTORY)
+        full = await make(store, "/s/full/child")
+        tree = await make(store, "/s/tree/leaf")
+        tree = await store.get("/s/tree")
+        with pytest.raises(errors.DirectoryNotEmpty):
+            await store.move(tree, "/s/full", chain("/s/full"), await store.get("/s/full"),
+                             lambda: None)
+        assert await store.get("/s/full/child") == full
+        moved = await store.move(tree, "/s/empty", chain("/s/empty"), empty, lambda: None)
+        assert (await store.get("/s/empty/leaf")).parent_id == moved.id
+    stores.run(body)
+
+
+def test_writes_name_the_path_they_expect(stores):
+    """After a move, a write or delete through the old name is refused; a creation whose
+    directory moved (its anchor) is refused; one whose anchor is gone recreates ancestors."""
+    async def body(store):
+        entry = await make(store, "/p/d/f", size=1)
+        directory = await store.get("/p/d")
+        anchor = (directory.id, directory.path)
+        await store.move(directory, "/p/e", chain("/p/e"), None, lambda: None)
+        with pytest.raises(errors.ParentMoved):
+            await store.update_content(entry, 2, STAMP + 1)
+        with pytest.raises(errors.NotFound):
+            await store.delete(entry)
+        with pytest.raises(errors.ParentMoved):
+            await store.create(chain("/p/d/new"), node("/p/d/new", FILE), anchor)
+        moved = await store.get("/p/e")
+        assert (await store.create(chain("/p/e/new"), node("/p/e/new", FILE),
+                                   (moved.id, moved.path))).parent_id == moved.id
+        lone = await make(store, "/q/r", DIRECTORY)
+        await store.delete(lone)
+        again = await store.create(chain("/q/r/s"), node("/q/r/s", FILE), (lone.id, lone.path))
+        assert (await store.get("/q/r")).id == again.parent_id != lone.id
+    stores.run(body)
+
+
 def test_concurrent_updates_of_one_version_one_wins(stores):
     """Writers holding the same version race to record new content (from several stores: other
     nodes, for PostgreSQL): one succeeds, every other gets WriteConflict."""

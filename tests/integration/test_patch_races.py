@@ -11,7 +11,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import launch
+import pytest
+
+from conftest import SERVICES_UP, launch
 
 STAGED = (".callfs-tmp-", ".callfs-move-")
 
@@ -68,53 +70,69 @@ def check_whole(srv, tops: list[str], bodies: set | None = None) -> dict:
     return files
 
 
-def test_two_moves_of_one_source_one_wins(server, ns):
+def test_two_moves_of_one_source_one_wins(site, ns):
     for round_ in range(10):
         src = f"{ns}/r{round_}/src"
-        assert server.request("PUT", f"/v1/files{src}/f", body=b"x")[0] == 201
+        assert site.request("PUT", f"/v1/files{src}/f", body=b"x")[0] == 201
         with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(lambda i: patch(server, src, {
+            results = list(pool.map(lambda i: patch(site, src, {
                 "destination": f"{ns}/r{round_}/dst{i}"})[0], range(2)))
         assert sorted(results) == [200, 404], results
-    check_whole(server, [ns])
+    check_whole(site, [ns])
 
 
-def test_opposite_moves_never_deadlock(server, ns):
+def test_opposite_moves_never_deadlock(site, ns):
     """a/x -> b/x and b/y -> a/y at once, many times: both always finish."""
     for i in range(30):
-        assert server.request("PUT", f"/v1/files{ns}/a/x{i}", body=b"x")[0] == 201
-        assert server.request("PUT", f"/v1/files{ns}/b/y{i}", body=b"y")[0] == 201
+        assert site.request("PUT", f"/v1/files{ns}/a/x{i}", body=b"x")[0] == 201
+        assert site.request("PUT", f"/v1/files{ns}/b/y{i}", body=b"y")[0] == 201
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
-        jobs = [pool.submit(patch, server, f"{ns}/a/x{i}", {"destination": f"{ns}/b/x{i}"})
+        jobs = [pool.submit(patch, site, f"{ns}/a/x{i}", {"destination": f"{ns}/b/x{i}"})
                 for i in range(30)]
-        jobs += [pool.submit(patch, server, f"{ns}/b/y{i}", {"destination": f"{ns}/a/y{i}"})
+        jobs += [pool.submit(patch, site, f"{ns}/b/y{i}", {"destination": f"{ns}/a/y{i}"})
                  for i in range(30)]
         assert all(job.result()[0] == 200 for job in jobs)
     assert time.monotonic() - started < 30
-    files = check_whole(server, [ns])
+    files = check_whole(site, [ns])
     assert sorted(files) == sorted([f"{ns}/b/x{i}" for i in range(30)]
                                    + [f"{ns}/a/y{i}" for i in range(30)])
 
 
-def test_concurrent_copies_onto_one_destination_one_wins(server, ns):
-    assert server.request("PUT", f"/v1/files{ns}/src", body=os.urandom(300_000))[0] == 201
-    assert server.request("PUT", f"/v1/files{ns}/dir/f", body=b"tree")[0] == 201
+def test_concurrent_copies_onto_one_destination_one_wins(site, ns):
+    assert site.request("PUT", f"/v1/files{ns}/src", body=os.urandom(300_000))[0] == 201
+    assert site.request("PUT", f"/v1/files{ns}/dir/f", body=b"tree")[0] == 201
     for round_ in range(8):
         source = f"{ns}/src" if round_ % 2 else f"{ns}/dir"
         with ThreadPoolExecutor(6) as pool:
-            results = list(pool.map(lambda i: patch(server, source, {
+            results = list(pool.map(lambda i: patch(site, source, {
                 "destination": f"{ns}/copy{round_}", "copy": True})[0], range(6)))
         assert sorted(results) == [201] + [409] * 5, results
-    check_whole(server, [ns])
+    check_whole(site, [ns])
 
 
-def test_a_move_racing_writers_inside_the_subtree_loses_nothing(server, ns):
+@pytest.fixture(params=["sqlite+local", "postgres+redis"])
+def site(request, server, tmp_path):
+    """The session server, or one on PostgreSQL and Redis."""
+    if request.param == "sqlite+local":
+        yield server
+        return
+    if not SERVICES_UP:
+        pytest.skip("PostgreSQL and Redis on loopback are needed (ci/services.sh)")
+    srv = launch(tmp_path / "pg", workers=2,
+                 metadata_store={"type": "postgres",
+                                 "dsn": request.getfixturevalue("database")},
+                 dlm={"type": "redis", "redis_addr": "127.0.0.1:6379"})
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_a_move_racing_writers_inside_the_subtree_loses_nothing(site, ns):
     """Writers PUT and DELETE below the directory while a mover keeps moving it to a new name;
     the writers aim at the name they last heard of. A write either lands inside the tree
     wherever it is then, or fails with an error, or (aimed at a stale name) makes a new tree
     there; afterwards metadata and disk agree and every file holds one whole body."""
-    assert server.request("PUT", f"/v1/files{ns}/m0/seed", body=b"seed")[0] == 201
+    assert site.request("PUT", f"/v1/files{ns}/m0/seed", body=b"seed")[0] == 201
     bodies = {b"seed"}
     lock = threading.Lock()
     stop = time.monotonic() + 6
@@ -125,7 +143,7 @@ def test_a_move_racing_writers_inside_the_subtree_loses_nothing(server, ns):
         k = 0
         while time.monotonic() < stop:
             k += 1
-            status, _ = patch(server, where[0], {"destination": f"{ns}/m{k}"})
+            status, _ = patch(site, where[0], {"destination": f"{ns}/m{k}"})
             moves.append(status)
             if status == 200:
                 where[0] = f"{ns}/m{k}"
@@ -140,11 +158,11 @@ def test_a_move_racing_writers_inside_the_subtree_loses_nothing(server, ns):
                 body = f"{number}:{sequence}:".encode() * rng.choice((1, 100, 3000))
                 with lock:
                     bodies.add(body)
-                status = server.request("PUT", path, body=body)[0]
+                status = site.request("PUT", path, body=body)[0]
                 # 409: another writer aimed the same file under the directory's other name.
                 assert status in (200, 201, 409, 503), status
             else:
-                assert server.request("DELETE", path)[0] in (204, 404, 503)
+                assert site.request("DELETE", path)[0] in (204, 404, 503)
 
     threads = [threading.Thread(target=mover)] + [
         threading.Thread(target=writer, args=(n,)) for n in range(4)]
@@ -154,7 +172,7 @@ def test_a_move_racing_writers_inside_the_subtree_loses_nothing(server, ns):
         thread.join(60)
     assert moves.count(200) >= 5, moves
     assert set(moves) <= {200}, moves
-    check_whole(server, [ns], bodies)
+    check_whole(site, [ns], bodies)
 
 
 def _kill(srv) -> None:
