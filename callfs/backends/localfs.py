@@ -405,6 +405,9 @@ class LocalFSBackend:
     def move_intents(self) -> list[tuple[str, dict]]:
         return read_intents(self)
 
+    def drop_move_intent(self, name: str) -> None:
+        drop_intent(self, name)
+
     def recover_move(self, name: str, record: dict, committed: bool) -> None:
         recover_move(self, record, committed)
         drop_intent(self, name)

@@ -172,9 +172,10 @@ def drop_intent(backend, name: str | None) -> None:
         pass
 
 
-def read_intents(backend) -> list[tuple[str, dict]]:
-    """The move intents a crash left in the root: (file name, record); unreadable ones (a
-    crash while the intent itself was written, before any byte moved) are dropped."""
+def read_intents(backend) -> list[tuple[str, dict | None]]:
+    """The move intents a crash left in the root: (file name, record), the record None when
+    unreadable (a crash while the intent itself was written, before any byte moved). The
+    caller tells them from files of the namespace that merely have such a name."""
     found = []
     if not backend.root or not os.path.isdir(backend.root):
         return found
@@ -183,10 +184,11 @@ def read_intents(backend) -> list[tuple[str, dict]]:
             continue
         try:
             with open(os.path.join(backend.root, name), "rb") as fh:
-                record = orjson.loads(fh.read())
-            found.append((name, record))
+                record = orjson.loads(fh.read(64 * 1024))
         except (OSError, orjson.JSONDecodeError):
-            drop_intent(backend, name)
+            record = None
+        if os.path.isfile(os.path.join(backend.root, name)):
+            found.append((name, record))
     return found
 
 

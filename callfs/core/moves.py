@@ -55,15 +55,19 @@ class Planner:
         if existing is not None and existing.type == FILE \
                 and not permissions.may_write(identity, existing):
             raise errors.PermissionDenied()
+        if existing is not None and existing.type == DIRECTORY and request.overwrite \
+                and not permissions.may_delete(identity, existing):
+            raise errors.PermissionDenied()  # replacing a directory deletes it
         if blocking is not None and not permissions.may_write(identity, blocking):
             raise errors.PermissionDenied()
         if src == ROOT or dst == ROOT:
             raise errors.BadRequest("cannot rename or move the root directory")
-        relocating = self._relocation(source, request)
+        relocating = self._relocating(source, request)
         if dst == src and not relocating:
             raise errors.BadRequest("destination is the same as the source")
         if dst.startswith(src + "/"):
             raise errors.BadRequest("cannot move a path into itself")
+        self._check_known(request)
         if relocating:
             raise errors.BadRequest("moving bytes to another backend or instance is not "
                                     "available on this node")
@@ -87,7 +91,13 @@ class Planner:
             check(source)
         return source, existing
 
-    def _relocation(self, source: Inode, request: MoveRequest) -> bool:
+    def _relocating(self, source: Inode, request: MoveRequest) -> bool:
+        """The request asks for the bytes on another backend or instance than the source's."""
+        return ((request.backend is not None and request.backend != source.backend)
+                or (request.instance is not None
+                    and request.instance != (source.instance_id or self.engine.instance_id)))
+
+    def _check_known(self, request: MoveRequest) -> None:
         engine = self.engine
         if request.backend is not None:
             if request.backend not in ("localfs", "s3", "erasure") \
@@ -96,9 +106,6 @@ class Planner:
         if request.instance is not None and request.instance != engine.instance_id \
                 and request.instance not in engine.peers:
             raise errors.BadRequest(f'unknown instance "{request.instance}"')
-        return ((request.backend is not None and request.backend != source.backend)
-                or (request.instance is not None
-                    and request.instance != (source.instance_id or engine.instance_id)))
 
 
 async def move(engine, identity: str, src: str, request: MoveRequest, check=None) -> Inode:
@@ -139,27 +146,33 @@ async def copy(engine, identity: str, src: str, request: MoveRequest, check=None
             source, existing = await planner.plan(identity, src, request, check)
             await _copy_file(engine, identity, source, dst, existing, lease)
             return existing is None
-    entries = await engine.store.list_descendants(source)
+    entries = sorted(await engine.store.list_descendants(source), key=lambda e: e.path)
     if not all(permissions.may_read(identity, entry) for entry in entries):
         raise errors.PermissionDenied()  # before anything is written
-    async with engine.locks.hold([dir_key(dst)], engine.lock_timeout):
+    targets = [(dst + entry.path[len(src):], entry) for entry in entries]
+    # Every lock of the copy in one acquisition (one global order): the new tree's root and
+    # each entry it will hold. Entries the source gains meanwhile are not copied.
+    keys = [dir_key(dst)] + lock_keys(*((target, entry.type) for target, entry in targets))
+    async with engine.locks.hold(keys, engine.lock_timeout) as lease:
         source, existing = await planner.plan(identity, src, request, check)
         if existing is not None:
             await engine.store.delete(existing)  # an empty directory (checked by the plan)
         created: list[Inode] = []
         try:
             created.append(await _copy_directory(engine, identity, source, dst))
-            for entry in sorted(await engine.store.list_descendants(source),
-                                key=lambda e: e.path):
-                target = dst + entry.path[len(src):]
-                if entry.type == DIRECTORY:
-                    created.append(await _copy_directory(engine, identity, entry, target))
-                    continue
-                async with engine.locks.hold([file_key(target)], engine.lock_timeout) as lease:
-                    created.append(await _copy_file(engine, identity, entry, target, None,
+            for target, entry in targets:
+                current = await engine.store.get(entry.path)
+                if current is None or current.type != entry.type:
+                    continue  # gone (or replaced) since the listing
+                if current.type == DIRECTORY:
+                    created.append(await _copy_directory(engine, identity, current, target))
+                else:
+                    created.append(await _copy_file(engine, identity, current, target, None,
                                                     lease))
         except BaseException:
             await _remove_created(engine, created)
+            if existing is not None:
+                await _restore_directory(engine, existing)
             raise
     return True
 
@@ -190,6 +203,19 @@ async def _copy_directory(engine, identity: str, source: Inode, dst: str) -> Ino
                                      entry)
 
 
+async def _restore_directory(engine, directory: Inode) -> None:
+    """Put back the empty directory a failed copy was to replace."""
+    engine.backend_for(directory).make_directory(directory.path)
+    entry = NewInode(path=directory.path, type=DIRECTORY, size=0, mode=directory.mode,
+                     owner=directory.owner, group=directory.group, mtime_ns=directory.mtime_ns,
+                     backend=directory.backend, instance_id=directory.instance_id)
+    try:
+        await engine.store.create(engine._ancestor_rows(directory.path, directory.owner,
+                                                        now_ns(), directory.backend), entry)
+    except errors.CallFSError:
+        pass  # taken meanwhile, or the store is away: the copy's own error is what matters
+
+
 async def _remove_created(engine, created: list[Inode]) -> None:
     """Take back a directory copy that failed part-way: what it created goes, deepest first."""
     for inode in sorted(created, key=lambda e: e.path, reverse=True):
@@ -200,6 +226,13 @@ async def _remove_created(engine, created: list[Inode]) -> None:
             continue
 
 
+def _valid_intent(record) -> bool:
+    kinds = {"src": str, "dst": str, "id": int, "replace": bool, "ino": int, "dev": int}
+    return isinstance(record, dict) and all(
+        isinstance(record.get(key), kind) for key, kind in kinds.items()) and \
+        record["src"].startswith("/") and record["dst"].startswith("/")
+
+
 async def recover_moves(engine, lock_timeout: float) -> int:
     """Finish or undo the moves a crash interrupted (see backends/localmove.py)."""
     handled = 0
@@ -208,6 +241,11 @@ async def recover_moves(engine, lock_timeout: float) -> int:
         if intents is None:
             continue
         for name, record in intents():
+            if await engine.store.get("/" + name) is not None:
+                continue  # a file of the namespace that merely has such a name
+            if not _valid_intent(record):
+                backend.drop_move_intent(name)  # cut short while written: nothing moved yet
+                continue
             # Both kinds of key for both paths: the record does not say which kind moved.
             keys = [make(path) for path in (record["src"], record["dst"])
                     for make in (file_key, dir_key)]

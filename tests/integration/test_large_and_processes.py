@@ -1,5 +1,6 @@
 """Large transfers with bounded memory, worker processes, shutdown, and the zero-config start."""
 import hashlib
+import json
 import http.client
 import os
 import re
@@ -99,7 +100,27 @@ def test_one_gib_upload_and_download_with_flat_memory(server, ns, record_propert
           f"download {download_seconds:.1f} s (RSS +{download_watch.growth_mib:.1f} MiB)")
     assert upload_watch.growth_mib < 64
     assert download_watch.growth_mib < 64
+
+    # A server-side copy of the same file: inside the kernel, memory flat.
+    with RssWatch(server) as copy_watch:
+        started = time.monotonic()
+        status, _, body_ = server.request("PATCH", path, timeout=300, body=json.dumps(
+            {"destination": f"{ns}/copy.bin", "copy": True}).encode())
+        copy_seconds = time.monotonic() - started
+    assert (status, json.loads(body_)) == (201, {"path": f"{ns}/copy.bin"})
+    copied = hashlib.sha256()
+    with open(server.disk(f"{ns}/copy.bin"), "rb") as fh:
+        while chunk := fh.read(BLOCK):
+            copied.update(chunk)
+    assert copied.digest() == sent.digest()
+    record_property("copy_s", round(copy_seconds, 2))
+    record_property("copy_rss_growth_mib", round(copy_watch.growth_mib, 1))
+    print(f"1 GiB copy: {copy_seconds:.1f} s (RSS +{copy_watch.growth_mib:.1f} MiB) against "
+          f"download + upload {download_seconds + upload_seconds:.1f} s")
+    assert copy_watch.growth_mib < 64
     assert server.request("DELETE", path)[0] == 204
+    assert server.request("DELETE", f"/v1/files{ns}/copy.bin")[0] == 204
+    assert server.temporaries() == []
 
 
 def _children(pid: int) -> list[int]:

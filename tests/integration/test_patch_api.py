@@ -6,6 +6,7 @@ disk: bytes at the new place, nothing at the old one, no temporaries or intents.
 """
 import json
 import os
+import time
 
 from urllib.parse import quote
 
@@ -333,3 +334,39 @@ def test_copy_a_file_into_itself_or_onto_itself(server, ns):
     put(server, f"{ns}/d/f", b"x")
     assert patch(server, f"{ns}/d", {"destination": f"{ns}/d/in", "copy": True})[0] == 400
     assert patch(server, f"{ns}/d/f", {"name": "f", "copy": True}) == (400, NOT_SAME)
+
+
+def test_check_order_into_itself_before_unknown_backend(server, ns):
+    put(server, f"{ns}/d/f", b"x")
+    assert patch(server, f"{ns}/d", {"destination": f"{ns}/d/in", "backend": "tape"})[1][
+        "message"] == "cannot move a path into itself"
+    # Asking for another backend is a relocation, so the same path is not refused as such.
+    assert patch(server, f"{ns}/d/f", {"name": "f", "backend": "tape"})[1][
+        "message"] == 'unknown backend "tape"'
+
+
+def test_overwrite_of_someone_elses_empty_directory_403(server, ns):
+    put(server, f"{ns}/mine/f", b"x")
+    assert server.request("POST", url(f"{ns}/bobs") + "/", user="bob")[0] == 201
+    for copy in (False, True):
+        status, body = patch(server, f"{ns}/mine", {"destination": f"{ns}/bobs",
+                                                    "overwrite": True, "copy": copy})
+        assert (status, body["code"]) == (403, "PERMISSION_DENIED")
+    headers = server.request("HEAD", url(f"{ns}/bobs"))[1]
+    assert headers["x-callfs-owner"] == "bob"
+
+
+def test_directory_copy_whose_locks_share_a_stripe(server, ns):
+    """The copy takes every lock it needs at once, so two of its own keys that land in the
+    same stripe of the local lock manager never make it wait for itself."""
+    from callfs.locks.base import dir_key, file_key
+    from callfs.locks.local import LocalLockManager
+
+    stripe = LocalLockManager.stripe(dir_key(f"{ns}/copy"))
+    name = next(f"f{i}" for i in range(1_000_000)
+                if LocalLockManager.stripe(file_key(f"{ns}/copy/f{i}")) == stripe)
+    put(server, f"{ns}/src/{name}", b"same stripe")
+    started = time.monotonic()
+    assert patch(server, f"{ns}/src", {"destination": f"{ns}/copy", "copy": True})[0] == 201
+    assert time.monotonic() - started < 5
+    assert content(server, f"{ns}/copy/{name}") == b"same stripe"

@@ -178,3 +178,49 @@ def _tree(pid: int) -> list[int]:
     import subprocess
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [pid] + [int(p) for p in out.split()]
+
+
+def test_files_named_like_move_intents_are_entries_and_stay(tmp_path):
+    """A user's files at the root named like a move intent are not taken for one at start;
+    an unreadable intent that no entry owns (a crash while it was written) goes."""
+    workdir = tmp_path / "node"
+    srv = launch(workdir)
+    bodies = {"/.callfs-move-notes": b"not json at all", "/.callfs-move-empty": b"{}"}
+    for path, data in bodies.items():
+        assert srv.request("PUT", "/v1/files" + path, body=data)[0] == 201
+    assert srv.stop() == 0
+    with open(os.path.join(srv.root, ".callfs-move-0123456789abcdef"), "wb") as fh:
+        fh.write(b'{"src": "/a", "d')  # cut short
+    srv = launch(workdir)
+    try:
+        for path, data in bodies.items():
+            assert srv.request("GET", "/v1/files" + path)[2] == data
+        assert not os.path.exists(os.path.join(srv.root, ".callfs-move-0123456789abcdef"))
+    finally:
+        assert srv.stop() == 0
+
+
+def test_start_puts_back_a_move_the_metadata_never_recorded(tmp_path):
+    """Bytes renamed, the process gone before the commit: the next start renames them back
+    (the intent says from where), so the entry is wholly at its old place."""
+    import json
+    import sqlite3
+
+    workdir = tmp_path / "node"
+    srv = launch(workdir)
+    assert srv.request("PUT", "/v1/files/m/a/f", body=b"inside")[0] == 201
+    assert srv.stop() == 0
+    with sqlite3.connect(workdir / "metadata.sqlite3") as db:
+        (entry_id,) = db.execute("SELECT id FROM inodes WHERE path = '/m/a'").fetchone()
+    info = os.stat(srv.disk("/m/a"))
+    with open(os.path.join(srv.root, ".callfs-move-00112233aabbccdd"), "wb") as fh:
+        fh.write(json.dumps({"src": "/m/a", "dst": "/m/z", "id": entry_id, "replace": False,
+                             "ino": info.st_ino, "dev": info.st_dev}).encode())
+    os.rename(srv.disk("/m/a"), srv.disk("/m/z"))
+    srv = launch(workdir)
+    try:
+        assert srv.request("GET", "/v1/files/m/a/f")[2] == b"inside"
+        assert not os.path.exists(srv.disk("/m/z"))
+        assert not os.path.exists(os.path.join(srv.root, ".callfs-move-00112233aabbccdd"))
+    finally:
+        assert srv.stop() == 0
