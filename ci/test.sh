@@ -31,6 +31,14 @@ fi
 # PostgreSQL and Redis on loopback: started (or installed, as root) when not running.
 bash ci/services.sh
 
+# Where the machine allows it, a reflink-capable filesystem, so that the copy tests exercise
+# reflinks too (they are skipped otherwise).
+CALLFS_REFLINK_DIR=$(bash ci/reflink.sh)
+export CALLFS_REFLINK_DIR
+if [ -n "$CALLFS_REFLINK_DIR" ]; then
+    trap 'bash ci/reflink.sh --remove "$CALLFS_REFLINK_DIR"' EXIT
+fi
+
 # Run from the installed package, not the source tree (which holds no compiled modules):
 # pytest is started directly, so the checkout's root is not put on sys.path.
-exec "$VENV/bin/pytest" -p no:cacheprovider "$@" tests
+"$VENV/bin/pytest" -p no:cacheprovider "$@" tests

@@ -370,3 +370,23 @@ def test_directory_copy_whose_locks_share_a_stripe(server, ns):
     assert patch(server, f"{ns}/src", {"destination": f"{ns}/copy", "copy": True})[0] == 201
     assert time.monotonic() - started < 5
     assert content(server, f"{ns}/copy/{name}") == b"same stripe"
+
+
+@pytest.mark.skipif(not os.environ.get("CALLFS_REFLINK_DIR"),
+                    reason="no reflink-capable filesystem here (ci/reflink.sh)")
+def test_copy_on_a_reflink_filesystem_shares_the_blocks(launcher):
+    """On XFS with reflinks a copy takes no new space: the kernel shares the source's blocks."""
+    import tempfile
+    root = tempfile.mkdtemp(dir=os.environ["CALLFS_REFLINK_DIR"])
+    srv = launcher(backend={"localfs_root_path": root})
+    data = random_bytes(64 * 1024 * 1024)
+    put(srv, "/big", data)
+    os.sync()
+    before = os.statvfs(root)
+    assert patch(srv, "/big", {"destination": "/copy", "copy": True}) == (201, {"path": "/copy"})
+    os.sync()
+    after = os.statvfs(root)
+    used = (before.f_bfree - after.f_bfree) * after.f_frsize
+    assert used < 8 * 1024 * 1024, used
+    assert content(srv, "/copy") == data
+    assert srv.stop() == 0

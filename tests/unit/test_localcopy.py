@@ -3,6 +3,8 @@ falls back when a way is unsupported, and a cancelled copy leaves the descriptor
 import asyncio
 import errno
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import given, settings
@@ -119,3 +121,25 @@ def test_a_cancelled_copy_is_finished_with_the_descriptors_before_it_returns(tmp
     finally:
         os.close(s)
         os.close(d)
+
+
+REFLINK_DIR = os.environ.get("CALLFS_REFLINK_DIR", "")
+
+
+@pytest.mark.skipif(not REFLINK_DIR, reason="no reflink-capable filesystem here (ci/reflink.sh)")
+@pytest.mark.parametrize("size", [0, 1, 65_537, 8 * 1024 * 1024 + 1])
+def test_reflink_where_the_filesystem_has_it(tmp_path, size):
+    folder = tempfile.mkdtemp(dir=REFLINK_DIR)
+    data = os.urandom(size)
+    with open(os.path.join(folder, "src"), "wb") as fh:
+        fh.write(data)
+    s = os.open(os.path.join(folder, "src"), os.O_RDONLY)
+    d = os.open(os.path.join(folder, "dst"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        assert copy_bytes(s, d, size) == "reflink"  # the first choice, when it works
+        assert os.pread(d, size + 1, 0) == data
+        assert os.lseek(d, 0, os.SEEK_CUR) == size
+    finally:
+        os.close(s)
+        os.close(d)
+        shutil.rmtree(folder)
