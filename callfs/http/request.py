@@ -72,6 +72,9 @@ class Body:
                 raise self._error
             if self.complete:
                 return b""
+            # Nothing buffered: read from the socket now (a large body waits there, paused,
+            # until its handler asks, in case it would rather splice it).
+            self._conn.resume_body()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

@@ -43,9 +43,8 @@ def _reachable(port: int) -> bool:
 SERVICES_UP = _reachable(5432) and _reachable(6379)
 
 
-@pytest.fixture
-def database():
-    """A PostgreSQL database of the test's own (its DSN), dropped afterwards."""
+def _scratch_database():
+    """Create a PostgreSQL database; yields its DSN, then drops it."""
     import asyncio
 
     import asyncpg
@@ -62,6 +61,18 @@ def database():
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     yield PG + name
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database():
+    """A PostgreSQL database of the test's own (its DSN), dropped afterwards."""
+    yield from _scratch_database()
+
+
+@pytest.fixture(scope="module")
+def module_database():
+    """A PostgreSQL database shared by one test module."""
+    yield from _scratch_database()
 
 
 def free_port() -> int:

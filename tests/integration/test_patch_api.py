@@ -12,7 +12,23 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import random_bytes
+from conftest import SERVICES_UP, launch, random_bytes
+
+
+@pytest.fixture(scope="module", params=["sqlite+local", "postgres+redis"])
+def server(request, tmp_path_factory):
+    """Every test of this page on both metadata stores: a server on SQLite with local locks,
+    and one on PostgreSQL with Redis locks."""
+    if request.param == "postgres+redis" and not SERVICES_UP:
+        pytest.skip("PostgreSQL and Redis on loopback are needed (ci/services.sh)")
+    sections = {}
+    if request.param == "postgres+redis":
+        sections = {"metadata_store": {"type": "postgres",
+                                       "dsn": request.getfixturevalue("module_database")},
+                    "dlm": {"type": "redis", "redis_addr": "127.0.0.1:6379"}}
+    srv = launch(tmp_path_factory.mktemp("patch"), **sections)
+    yield srv
+    assert srv.stop() == 0, srv.log()
 
 NOT_SAME = {"code": "BAD_REQUEST", "message": "destination is the same as the source"}
 
@@ -374,7 +390,7 @@ def test_directory_copy_whose_locks_share_a_stripe(server, ns):
 
 @pytest.mark.skipif(not os.environ.get("CALLFS_REFLINK_DIR"),
                     reason="no reflink-capable filesystem here (ci/reflink.sh)")
-def test_copy_on_a_reflink_filesystem_shares_the_blocks(launcher):
+def test_copy_on_a_reflink_filesystem_shares_the_blocks(launcher, server):
     """On XFS with reflinks a copy takes no new space: the kernel shares the source's blocks."""
     import tempfile
     root = tempfile.mkdtemp(dir=os.environ["CALLFS_REFLINK_DIR"])
@@ -390,3 +406,14 @@ def test_copy_on_a_reflink_filesystem_shares_the_blocks(launcher):
     assert used < 8 * 1024 * 1024, used
     assert content(srv, "/copy") == data
     assert srv.stop() == 0
+
+
+def test_a_directory_copy_that_fails_part_way_removes_what_it_created(server, ns):
+    for name in ("a", "b", "c"):
+        put(server, f"{ns}/src/{name}", name.encode() * 1000)
+    os.unlink(server.disk(f"{ns}/src/c"))  # its bytes lost behind the server's back
+    status, body = patch(server, f"{ns}/src", {"destination": f"{ns}/copy", "copy": True})
+    assert status == 404, body
+    assert server.request("GET", url(f"{ns}/copy"))[0] == 404
+    assert not os.path.exists(server.disk(f"{ns}/copy"))
+    clean(server)
