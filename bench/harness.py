@@ -279,6 +279,9 @@ def run_session(server: Server, chosen: list[Workload], ctx: Context) -> None:
     try:
         if isinstance(server, CallFS):
             load_callfs(server, ctx, {w.file for w in chosen if w.method != "PUT"})
+            # The data set was just written: let its write-back finish before anything is
+            # timed, or it competes with the first runs for the CPUs.
+            os.sync()
         for w in chosen:
             row = measure(server, w, ctx)
             ctx.results.append(row)
