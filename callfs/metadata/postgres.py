@@ -419,22 +419,7 @@ class PostgresStore:
     async def _create_tx(self, conn, ancestors: list[NewInode], entry: NewInode,
                          anchor: tuple[int, str] | None = None) -> Inode:
         await self._check_anchor(conn, anchor)
-        parent_id = None
-        if ancestors:
-            known = {row[0]: (row[1], row[2])
-                     for row in await conn.fetch(_ANCESTORS, [item.path for item in ancestors])}
-            for item in ancestors:
-                found = known.get(item.path)
-                if found is None:
-                    row = await self._insert(conn, item, parent_id)
-                    # Another node created it since the lookup: use theirs.
-                    found = (row[0], row[4]) if row is not None else await conn.fetchrow(
-                        _FIND, item.path)
-                    if found is None:
-                        raise _Rerun()  # ... and deleted it again
-                if found[1] != DIRECTORY:
-                    raise errors.NotADirectory("a parent of the path is a file")
-                parent_id = found[0]
+        parent_id = await self._parents_tx(conn, ancestors) if ancestors else None
         row = await self._insert(conn, entry, parent_id)
         if row is not None:
             return _inode(row)
@@ -507,10 +492,11 @@ class PostgresStore:
             found = known.get(item.path)
             if found is None:
                 row = await self._insert(conn, item, parent_id)
+                # Another node created it since the lookup: use theirs.
                 found = (row[0], row[4]) if row is not None else await conn.fetchrow(
                     _FIND, item.path)
                 if found is None:
-                    raise _Rerun()
+                    raise _Rerun()  # ... and deleted it again
             if found[1] != DIRECTORY:
                 raise errors.NotADirectory("a parent of the path is a file")
             parent_id = found[0]

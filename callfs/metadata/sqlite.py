@@ -213,6 +213,18 @@ class SQLiteStore:
             row = conn.execute("SELECT path FROM inodes WHERE id = ?", (anchor[0],)).fetchone()
             if row is not None and row[0] != anchor[1]:
                 raise errors.ParentMoved()
+        parent_id = self._parents_tx(conn, ancestors)
+        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE path = ?", (entry.path,)).fetchone()
+        if row is not None:
+            exc = errors.AlreadyExists()
+            exc.existing = _inode(row)
+            raise exc
+        new_id = self._insert(conn, entry, parent_id)
+        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (new_id,)).fetchone()
+        return _inode(row)
+
+    def _parents_tx(self, conn, ancestors: list[NewInode]) -> int | None:
+        """The id of the last of `ancestors` (root first), creating the missing ones."""
         parent_id = None
         for item in ancestors:
             row = conn.execute("SELECT id, type FROM inodes WHERE path = ?", (item.path,)).fetchone()
@@ -222,14 +234,7 @@ class SQLiteStore:
                 raise errors.NotADirectory("a parent of the path is a file")
             else:
                 parent_id = row[0]
-        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE path = ?", (entry.path,)).fetchone()
-        if row is not None:
-            exc = errors.AlreadyExists()
-            exc.existing = _inode(row)
-            raise exc
-        new_id = self._insert(conn, entry, parent_id)
-        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (new_id,)).fetchone()
-        return _inode(row)
+        return parent_id
 
     @staticmethod
     def _insert(conn, item: NewInode, parent_id: int | None) -> int:
@@ -279,15 +284,7 @@ class SQLiteStore:
             raise errors.NotFound()
         if replace is not None:
             self._delete_tx(conn, replace)
-        parent_id = None
-        for item in ancestors:
-            row = conn.execute("SELECT id, type FROM inodes WHERE path = ?", (item.path,)).fetchone()
-            if row is None:
-                parent_id = self._insert(conn, item, parent_id)
-            elif row[1] != DIRECTORY:
-                raise errors.NotADirectory("a parent of the path is a file")
-            else:
-                parent_id = row[0]
+        parent_id = self._parents_tx(conn, ancestors)
         if conn.execute("SELECT 1 FROM inodes WHERE path = ?", (dest,)).fetchone():
             raise errors.AlreadyExists()
         conn.execute("UPDATE inodes SET path = ?, parent_id = ?, name = ? WHERE id = ?",

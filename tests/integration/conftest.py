@@ -9,6 +9,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import sys
 import time
 import uuid
@@ -244,3 +245,30 @@ def launcher(tmp_path):
 
 def random_bytes(size: int) -> bytes:
     return secrets.token_bytes(size)
+
+
+class RssWatch:
+    """Samples the server's resident memory while a transfer runs."""
+
+    def __init__(self, server):
+        self.server = server
+        self.base = server.rss_kib()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.server.rss_kib())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.base) / 1024

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import KEYS, cli_env, run_cli
+from conftest import KEYS, RssWatch, cli_env, run_cli
 
 GIB = 1024 ** 3
 BLOCK = 1024 * 1024
@@ -22,33 +22,6 @@ def _blocks(count: int):
     seed = os.urandom(BLOCK)
     for index in range(count):
         yield index.to_bytes(8, "big") + seed[8:]
-
-
-class RssWatch:
-    """Samples the server's resident memory while a transfer runs."""
-
-    def __init__(self, server):
-        self.server = server
-        self.base = server.rss_kib()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self.server.rss_kib())
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mib(self) -> float:
-        return (self.peak - self.base) / 1024
 
 
 def test_one_gib_upload_and_download_with_flat_memory(server, ns, record_property):

@@ -7,12 +7,11 @@ import hashlib
 import json
 import os
 import socket
-import threading
 import time
 
 import pytest
 
-from conftest import KEYS, random_bytes
+from conftest import KEYS, RssWatch, random_bytes
 from wsclient import HandshakeRefused, WSClient, download, read_http_response, upload
 
 MIB = 1024 * 1024
@@ -39,32 +38,6 @@ def wait_for(predicate, timeout: float = 10):
             return True
         time.sleep(0.05)
     return predicate()
-
-
-class RssWatch:
-    """Peak resident memory of the server while a transfer runs."""
-
-    def __init__(self, server):
-        self.server = server
-        self.base = self.peak = server.rss_kib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self.server.rss_kib())
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mib(self) -> float:
-        return (self.peak - self.base) / 1024
 
 
 # -- download --------------------------------------------------------------------------------
