@@ -26,6 +26,17 @@ class MoveRequest:
     copy: bool = False
 
 
+PER_KEY_WAIT = 0.002  # seconds a lock acquisition may take per key beyond file_op_timeout
+
+
+def _lock_wait(engine, keys: list[str]) -> float | None:
+    """How long a many-key acquisition may take: `server.file_op_timeout`, plus a little per
+    key, since taking each key costs a round trip to the lock manager even when it is free."""
+    if engine.lock_timeout is None:
+        return None
+    return engine.lock_timeout + PER_KEY_WAIT * len(keys)
+
+
 def lock_keys(*entries: tuple[str, str]) -> list[str]:
     """(path, type) -> the lock key a writer of that entry takes."""
     return [dir_key(path) if kind == DIRECTORY else file_key(path) for path, kind in entries]
@@ -118,7 +129,7 @@ async def move(engine, identity: str, src: str, request: MoveRequest, check=None
         # Every entry of the subtree too: a writer of an entry (by its old name) finishes
         # before the move, and one that comes later finds the entry gone from that name.
         keys += lock_keys(*((e.path, e.type) for e in await engine.store.list_descendants(source)))
-    async with engine.locks.hold(keys, engine.lock_timeout):
+    async with engine.locks.hold(keys, _lock_wait(engine, keys)):
         source, existing = await planner.plan(identity, src, request, check)
         backend = engine.backend_for(source)
         bytes_move = backend.begin_move(src, dst, source.id, existing is not None)
@@ -153,7 +164,7 @@ async def copy(engine, identity: str, src: str, request: MoveRequest, check=None
     # Every lock of the copy in one acquisition (one global order): the new tree's root and
     # each entry it will hold. Entries the source gains meanwhile are not copied.
     keys = [dir_key(dst)] + lock_keys(*((target, entry.type) for target, entry in targets))
-    async with engine.locks.hold(keys, engine.lock_timeout) as lease:
+    async with engine.locks.hold(keys, _lock_wait(engine, keys)) as lease:
         source, existing = await planner.plan(identity, src, request, check)
         if existing is not None:
             await engine.store.delete(existing)  # an empty directory (checked by the plan)
