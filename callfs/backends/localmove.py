@@ -67,19 +67,8 @@ class LocalMove:
     def undo(self) -> None:
         """The metadata did not commit: the bytes go back to their old name."""
         try:
-            if self.published and _holds(self.backend, self.dst, self.identity):
-                src_dir, src_name = self.backend._parent(self.src, True)
-                try:
-                    dst_dir, dst_name = self.backend._parent(self.dst, False)
-                    try:
-                        if self.replace:
-                            rename_exchange(dst_dir, dst_name, src_dir, src_name)
-                        else:
-                            rename_noreplace(dst_dir, dst_name, src_dir, src_name)
-                    finally:
-                        os.close(dst_dir)
-                finally:
-                    os.close(src_dir)
+            if self.published:
+                _put_back(self.backend, self.src, self.dst, self.replace, self.identity)
             self.published = False
         finally:
             drop_intent(self.backend, self.intent)
@@ -91,6 +80,25 @@ class LocalMove:
                 _remove_replaced(self.backend, self.src, self.identity)
         finally:
             drop_intent(self.backend, self.intent)
+
+
+def _put_back(backend, src: str, dst: str, replace: bool, identity) -> None:
+    """Undo a published move: the bytes at `dst` (if still the moved entry's) return to `src`;
+    a replaced entry, kept under `src` by the exchange, returns to `dst`."""
+    if not _holds(backend, dst, identity):
+        return
+    src_dir, src_name = backend._parent(src, True)
+    try:
+        dst_dir, dst_name = backend._parent(dst, False)
+        try:
+            if replace:
+                rename_exchange(dst_dir, dst_name, src_dir, src_name)
+            else:
+                rename_noreplace(dst_dir, dst_name, src_dir, src_name)
+        finally:
+            os.close(dst_dir)
+    finally:
+        os.close(src_dir)
 
 
 def _holds(backend, path: str, identity) -> bool:
@@ -201,10 +209,4 @@ def recover_move(backend, record: dict, committed: bool) -> None:
         if record["replace"]:
             _remove_replaced(backend, src, identity)
         return
-    if not _holds(backend, dst, identity):
-        return  # never published
-    move = LocalMove.__new__(LocalMove)
-    move.backend, move.src, move.dst = backend, src, dst
-    move.replace, move.published, move.identity, move.intent = (
-        record["replace"], True, identity, None)
-    move.undo()
+    _put_back(backend, src, dst, record["replace"], identity)  # a no-op if never published

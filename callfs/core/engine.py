@@ -182,9 +182,10 @@ class Engine:
 
     # -- creation ----------------------------------------------------------------------------
 
-    def _ancestor_rows(self, path: str, owner: str, stamp: int, backend: str) -> list[NewInode]:
+    def _ancestor_rows(self, path: str, owner: str, stamp: int, backend: str,
+                       group: str | None = None) -> list[NewInode]:
         return [NewInode(path=p, type=DIRECTORY, size=0, mode=self.dir_mode, owner=owner,
-                         group=owner, mtime_ns=stamp, backend=backend,
+                         group=owner if group is None else group, mtime_ns=stamp, backend=backend,
                          instance_id=self.instance_id if backend == "localfs" else None)
                 for p in ancestors(path)]
 

@@ -133,10 +133,8 @@ async def move(engine, identity: str, src: str, request: MoveRequest, check=None
         source, existing = await planner.plan(identity, src, request, check)
         backend = engine.backend_for(source)
         bytes_move = backend.begin_move(src, dst, source.id, existing is not None)
-        rows = [NewInode(path=p, type=DIRECTORY, size=0, mode=engine.dir_mode,
-                         owner=source.owner, group=source.group, mtime_ns=now_ns(),
-                         backend=source.backend, instance_id=source.instance_id)
-                for p in ancestors(dst)]
+        rows = engine._ancestor_rows(dst, source.owner, now_ns(), source.backend,
+                                     group=source.group)
         try:
             moved = await engine.store.move(source, dst, rows, existing, bytes_move.publish)
         except BaseException:
@@ -171,8 +169,9 @@ async def copy(engine, identity: str, src: str, request: MoveRequest, check=None
         created: list[Inode] = []
         try:
             created.append(await _copy_directory(engine, identity, source, dst))
+            now = {e.path: e for e in await engine.store.list_descendants(source)}
             for target, entry in targets:
-                current = await engine.store.get(entry.path)
+                current = now.get(entry.path)
                 if current is None or current.type != entry.type:
                     continue  # gone (or replaced) since the listing
                 if current.type == DIRECTORY:
