@@ -44,6 +44,9 @@ log = logging.getLogger("callfs.server")
 DRAIN_SECONDS = 30.0
 RECOVERY_INTERVAL = 300.0  # seconds between looks for crash leftovers while serving
 RECOVERY_MIN_AGE = 60.0
+# When this server started (set before the workers fork): a leftover older than that is a
+# previous process's, never a write in flight.
+_started_ns = 0
 GIL_SWITCH_SECONDS = 0.0002
 IDLE_SECONDS = 120.0
 _RESTART_WINDOW = 10.0
@@ -216,14 +219,14 @@ async def _prepare(cfg, lock_fd: int) -> int:
         await store.close()
 
 
-async def _recover_forever(engine: Engine, first: float) -> None:
+async def _recover_forever(engine: Engine, first: float, started_ns: int) -> None:
     """Leftovers of a worker that died mid-write, while the others serve: each entry is taken
     under its lock. The first pass comes once the locks of a process that died before this
     start have expired (the start-up pass skips entries they still hold)."""
     await asyncio.sleep(first + random.random())
     while True:
         try:
-            handled = await recover(engine, min_age=RECOVERY_MIN_AGE)
+            handled = await recover(engine, min_age=RECOVERY_MIN_AGE, started_ns=started_ns)
             if handled:
                 log.info("recovered interrupted writes", extra={"count": handled})
         except Exception:
@@ -259,7 +262,7 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
         loop.add_signal_handler(signum, stop.set)
     sweeper = loop.create_task(state.sweep_forever())
     first = cfg.dlm.lock_ttl + 5 if cfg.dlm.type == "redis" else RECOVERY_INTERVAL
-    recovery = loop.create_task(_recover_forever(engine, first))
+    recovery = loop.create_task(_recover_forever(engine, first, _started_ns))
     log.info("serving", extra={"pid": os.getpid(), "listen": cfg.server.listen_addr,
                                "tls": context is not None})
     await stop.wait()
@@ -303,6 +306,8 @@ def serve(loaded, workers: int | None = None) -> int:
     for warning in loaded.warnings:
         log.warning("configuration", extra={"detail": warning})
     workers = workers or os.cpu_count() or 1
+    global _started_ns
+    _started_ns = time.time_ns()
     lock_fd = LocalLockManager.shared_file()
     try:
         _check_supported(cfg)

@@ -11,7 +11,7 @@ import secrets
 import stat
 import time
 
-from callfs._native.fsops import rename_exchange
+from callfs._native.fsops import rename_exchange, rename_noreplace
 from callfs._native.generations import fnv1a
 from callfs.backends.localcopy import METHODS as COPY_METHODS
 from callfs.backends.localcopy import CopySource
@@ -222,6 +222,74 @@ class LocalUpload:
             self.dir_fd = -1
 
 
+class LocalRemoval:
+    """Deleting a file's bytes in step with its metadata. `publish`, called inside the store's
+    transaction, sets the file aside under a staged name in its directory: the transaction
+    orders it with every move (a move renames inside its own transaction), so the path still
+    names the entry's bytes. `finish` drops them once the deletion commits; `undo` puts them
+    back when it did not. A crash in between leaves the staged name, which recovery puts back
+    while the metadata still holds the entry (and drops otherwise)."""
+
+    def __init__(self, backend: "LocalFSBackend", path: str):
+        self.backend = backend
+        self.path = path
+        self.published = False
+        self.dir_fd = -1
+        self.name = self.aside = None
+
+    def publish(self) -> None:
+        if self.published:
+            return  # the store may run its transaction again
+        self.published = True
+        try:
+            dir_fd, name = self.backend._parent(self.path, False)
+        except errors.NotFound:
+            return  # no bytes at the path
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                raise FileNotFoundError(name)  # not a file's bytes: not ours to take
+            aside = tmp_name(name)
+            os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if self.backend.durable:
+                os.fsync(dir_fd)
+        except FileNotFoundError:
+            os.close(dir_fd)
+            return
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        self.dir_fd, self.name, self.aside = dir_fd, name, aside
+
+    def undo(self) -> None:
+        """The deletion did not commit: the bytes take their name again (unless the name was
+        taken meanwhile; then the newer bytes stay)."""
+        try:
+            if self.aside is not None:
+                try:
+                    rename_noreplace(self.dir_fd, self.aside, self.dir_fd, self.name)
+                except FileExistsError:
+                    os.unlink(self.aside, dir_fd=self.dir_fd)
+        finally:
+            self._close()
+
+    def finish(self) -> None:
+        try:
+            if self.aside is not None:
+                try:
+                    os.unlink(self.aside, dir_fd=self.dir_fd)
+                except FileNotFoundError:
+                    pass
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self.aside = None
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
 class LocalFSBackend:
     name = "localfs"
 
@@ -332,6 +400,25 @@ class LocalFSBackend:
         finally:
             os.close(dir_fd)
 
+    def begin_remove(self, path: str) -> LocalRemoval:
+        """Prepare deleting the bytes of the file at `path` with its metadata."""
+        return LocalRemoval(self, path)
+
+    def restore_removed(self, tmp: str, path: str) -> bool:
+        """Put back bytes a deletion set aside (the staged file `tmp`) at `path`, unless
+        something holds that name; True when they took it."""
+        try:
+            dir_fd, name = self._parent(path, False)
+        except errors.NotFound:
+            return False
+        try:
+            rename_noreplace(dir_fd, tmp.rsplit("/", 1)[1], dir_fd, name)
+        except (FileExistsError, FileNotFoundError):
+            return False
+        finally:
+            os.close(dir_fd)
+        return True
+
     def remove(self, path: str, is_dir: bool) -> bool:
         """Remove an entry's bytes; False when there were none at `path`."""
         try:
@@ -354,15 +441,17 @@ class LocalFSBackend:
             os.close(dir_fd)
         return True
 
-    def leftovers(self, min_age: float = 0.0) -> list["Leftover"]:
-        """Files named like a staged write: crash leftovers, or writes in flight (whose lock
-        their writer holds). Each comes with the entry it belongs to when that can be told
-        from its name; one that cannot must have stood still `min_age` seconds (a new file's
-        write in flight has no entry on disk yet, and only its age tells it from a leftover)."""
+    def leftovers(self, min_age: float = 0.0, started_ns: int = 0) -> list["Leftover"]:
+        """Files named like a staged write that have stood still `min_age` seconds, or since
+        before `started_ns` (when the server started: no write of its own made them). The
+        others may be writes in flight, whose lock their writer holds under the path it
+        writes — not the one found here when a directory above moved meanwhile. Each comes
+        with the entry it belongs to when that can be told from the names on disk, and with
+        its directory and the hash of the entry's name."""
         found = []
         if not self.root or not os.path.isdir(self.root):
             return found
-        cutoff = time.time_ns() - int(min_age * 1e9)
+        cutoff = max(time.time_ns() - int(min_age * 1e9), started_ns)
         for directory, dirs, files in os.walk(self.root):
             staged = [name for name in files if name.startswith(TMP_PREFIX)]
             if not staged:
@@ -387,10 +476,11 @@ class LocalFSBackend:
                         same = (other.st_ino, other.st_dev) == (info.st_ino, info.st_dev)
                     except FileNotFoundError:
                         target = None
-                if target is None and info.st_ctime_ns > cutoff:
+                if info.st_ctime_ns > cutoff:
                     continue
                 found.append(Leftover(f"{base}/{name}",
-                                      None if target is None else f"{base}/{target}", same))
+                                      None if target is None else f"{base}/{target}", same,
+                                      base or "/", parts[1] if len(parts) >= 2 else ""))
         return found
 
     def copy_source(self, handle: ReadHandle, methods=COPY_METHODS) -> CopySource:
@@ -429,11 +519,15 @@ class LocalFSBackend:
 
 class Leftover:
     """A staged file found on disk: `tmp` its path, `target` the entry it was written for
-    (None when unknown), `same` when both names are one file (a new file, linked in)."""
+    (None when no name on disk tells it), `same` when both names are one file (a new file,
+    linked in); `parent` its directory and `digest` the hash of the entry's name."""
 
-    __slots__ = ("tmp", "target", "same")
+    __slots__ = ("tmp", "target", "same", "parent", "digest")
 
-    def __init__(self, tmp: str, target: str | None, same: bool):
+    def __init__(self, tmp: str, target: str | None, same: bool, parent: str = "/",
+                 digest: str = ""):
         self.tmp = tmp
         self.target = target
         self.same = same
+        self.parent = parent
+        self.digest = digest

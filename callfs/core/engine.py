@@ -12,6 +12,7 @@ import logging
 import msgspec
 from collections.abc import Callable
 
+from callfs._native.generations import fnv1a
 from callfs._native.pathnorm import ancestors
 from callfs.core import errors, moves, permissions
 from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
@@ -294,8 +295,13 @@ class Engine:
         backend = self.backend_for(existing)
         stamp = now_ns()
         upload = await self._stage(backend, existing.path, body, stamp, lease)
-        return await self._record(upload, lease, self.store.update_content, existing, upload.size,
-                                  stamp, lease.fence)
+        try:
+            return await self._record(upload, lease, self.store.update_content, existing,
+                                      upload.size, stamp, lease.fence)
+        except errors.NotFound:
+            # Deleted meanwhile under another name (a directory above moved): retryable.
+            raise errors.WriteConflict("the file was deleted while it was written; "
+                                       "try again") from None
 
     @staticmethod
     async def _record(upload, lease, record, *args):
@@ -362,28 +368,44 @@ class Engine:
             self._check_delete(identity, inode)
             if check is not None:
                 check(inode)
+            backend = self.backend_for(inode)
+            begin_remove = getattr(backend, "begin_remove", None)
+            if inode.type == FILE and begin_remove is not None:
+                # The bytes go inside the store's transaction, so no move comes in between.
+                removal = begin_remove(path)
+                try:
+                    await self.store.delete(inode, removal.publish)
+                except BaseException:
+                    removal.undo()
+                    raise
+                removal.finish()
+                return
             await self.store.delete(inode)
             try:
-                if not self.backend_for(inode).remove(path, inode.type == DIRECTORY):
+                if not backend.remove(path, inode.type == DIRECTORY):
                     await self._remove_moved(inode)
             except OSError as exc:
                 # Metadata is the truth: the entry is gone; leftover bytes are only untidy.
                 log.warning("bytes of a deleted entry remain: %s", exc)
 
     async def _remove_moved(self, inode: Inode) -> None:
-        """The bytes of a deleted entry were not at its path: a directory above it moved
-        after the entry's row was deleted (the move never saw the row). Follow the parent."""
+        """The bytes of a deleted (empty) directory were not at its path: a directory above
+        it moved after the entry's row was deleted (the move never saw the row). Follow the
+        parent, while a move is in flight."""
         backend = self.backend_for(inode)
         busy = getattr(self.store, "busy", None)
         deadline = asyncio.get_running_loop().time() + MOVE_WAIT
         while asyncio.get_running_loop().time() < deadline:
+            # Asked before the path is read: a move that was not in flight then has committed,
+            # and the path read next is its result.
+            moving = busy is not None and busy(inode.path)
             parent = await self.store.path_of(inode.parent_id)
             if parent is None:
                 return
             target = ("" if parent == ROOT else parent) + "/" + inode.name
             if target != inode.path and backend.remove(target, inode.type == DIRECTORY):
                 return
-            if busy is None or not busy(target):
+            if not moving:
                 return
             await asyncio.sleep(0.005)
 
@@ -393,18 +415,23 @@ class Engine:
             raise errors.PermissionDenied()
 
 
-async def recover(engine: "Engine", *, min_age: float = 0.0, lock_timeout: float = 0.5) -> int:
+async def recover(engine: "Engine", *, min_age: float = 0.0, started_ns: int = 0,
+                  lock_timeout: float = 0.5) -> int:
     """Finish or take back the writes a crash interrupted; returns how many leftovers it
     handled. Each staged file is the intent record of one write (its name tells the entry):
 
     - not published, or published as a new file the metadata never recorded: taken back;
     - published over an existing file but not recorded: rolled forward (the bytes on disk are
       newer than the record, by their stamp), so the record describes the bytes again;
-    - recorded: only the intent remains, and goes.
+    - recorded: only the intent remains, and goes;
+    - set aside by a deletion that never committed (the metadata still holds the file and
+      its name is free): put back.
 
     Each entry is handled under its lock, so a write in progress (which holds it) is skipped,
     as is one whose lock a dead process still holds (until the lock expires; a later pass
-    finishes it). Leftovers whose entry cannot be told are taken back once `min_age` old.
+    finishes it). While serving, only leftovers `min_age` old or older than the server
+    (`started_ns`) are handled: a write in flight holds its lock under the path it was sent
+    to, which a move of a directory above may have changed since.
     A file of a user's that merely has such a name is an entry of the namespace, and stays.
     """
     handled = await moves.recover_moves(engine, lock_timeout)
@@ -412,24 +439,49 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, lock_timeout: float
         leftovers = getattr(backend, "leftovers", None)
         if leftovers is None:
             continue
-        for item in leftovers(min_age):
+        for item in leftovers(min_age, started_ns):
             if await engine.store.get(item.tmp) is not None:
                 continue
+            deleted = False
             if item.target is None:
-                backend.remove_temporary(item.tmp)
-                handled += 1
-                continue
+                item.target = await _deleted_entry(engine, name, backend, item)
+                if item.target is None:
+                    backend.remove_temporary(item.tmp)
+                    handled += 1
+                    continue
+                deleted = True
             try:
                 async with engine.locks.hold([file_key(item.target)], lock_timeout) as lease:
-                    await _recover_one(engine, name, backend, item, lease.fence)
+                    await _recover_one(engine, name, backend, item, lease.fence, deleted)
             except errors.LockTimeout:
                 continue  # its write is still running
             handled += 1
     return handled
 
 
-async def _recover_one(engine: "Engine", name: str, backend, item, fence: int) -> None:
+async def _deleted_entry(engine: "Engine", name: str, backend, item) -> str | None:
+    """The file a deletion set `item` aside from, when the deletion never committed (the
+    metadata still holds the file, and its name on disk is free); None otherwise."""
+    restore = getattr(backend, "restore_removed", None)
+    parent = await engine.store.get(item.parent)
+    if restore is None or parent is None or parent.type != DIRECTORY:
+        return None
+    for child in await engine.store.list_children(parent):
+        if (child.type == FILE and child.backend == name and f"{fnv1a(child.name):016x}" ==
+                item.digest and backend.disk_version(child.path) is None):
+            return child.path
+    return None
+
+
+async def _recover_one(engine: "Engine", name: str, backend, item, fence: int,
+                       deleted: bool = False) -> None:
     record = await engine.store.get(item.target)
+    if (deleted and record is not None and record.type == FILE and record.backend == name
+            and backend.disk_version(item.target) is None
+            and backend.restore_removed(item.tmp, item.target)):
+        log.info("put back the bytes of a deletion that did not commit",
+                 extra={"path": item.target})
+        return
     disk = backend.disk_version(item.target)
     if record is None or record.type != FILE or record.backend != name:
         if disk is not None and (item.same or record is None):

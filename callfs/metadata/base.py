@@ -10,14 +10,15 @@ from callfs.core.model import Inode, NewInode
 
 
 def _publish_bytes(publish) -> None:
-    """Run a move's bytes callback inside a store transaction: its failure is the move's own
-    (never mistaken for a lost database connection, which would run the transaction again)."""
+    """Run a bytes callback (a move's, a deletion's) inside a store transaction: its failure
+    is the operation's own (never mistaken for a lost database connection, which would run
+    the transaction again)."""
     try:
         publish()
     except errors.CallFSError:
         raise
     except Exception as exc:
-        raise errors.InternalError("the bytes could not be moved") from exc
+        raise errors.InternalError("the bytes could not be moved or removed") from exc
 
 
 class MetadataStore(Protocol):
@@ -70,6 +71,7 @@ class MetadataStore(Protocol):
         number — only if its version is still `inode.version` and no larger fencing number is
         recorded (WriteConflict otherwise). NotFound if it is gone."""
 
-    async def delete(self, inode: Inode) -> None:
+    async def delete(self, inode: Inode, publish=None) -> None:
         """Remove an entry; DirectoryNotEmpty for a directory with children, NotFound if gone
-        or moved away from `inode.path`."""
+        or moved away from `inode.path`. `publish()`, when given, takes the bytes away inside
+        the transaction, just before the commit (as a move's does)."""

@@ -180,8 +180,8 @@ class CachedStore:
         return await self._announced([existing.path],
                                      self.store.update_content(existing, size, mtime_ns, fence))
 
-    async def delete(self, inode):
-        return await self._announced([inode.path], self.store.delete(inode))
+    async def delete(self, inode, publish=None):
+        return await self._announced([inode.path], self.store.delete(inode, publish))
 
     async def _announced(self, paths, operation):
         table = self.table

@@ -502,11 +502,11 @@ class PostgresStore:
             parent_id = found[0]
         return parent_id
 
-    async def delete(self, inode: Inode) -> None:
-        await self._write(self._delete_tx, inode)
+    async def delete(self, inode: Inode, publish=None) -> None:
+        await self._write(self._delete_tx, inode, publish)
 
     @staticmethod
-    async def _delete_tx(conn, inode: Inode) -> None:
+    async def _delete_tx(conn, inode: Inode, publish=None) -> None:
         # Lock the row first: a creator inserting a child holds a key-share lock on it (the
         # foreign key), so once the lock is ours every child is committed and visible to the
         # next statement, and later creators fail their foreign-key check and run again.
@@ -516,3 +516,5 @@ class PostgresStore:
         if await conn.fetchrow(_HAS_CHILD, inode.id) is not None:
             raise errors.DirectoryNotEmpty()
         await conn.execute(_DELETE, inode.id)
+        if publish is not None:
+            _publish(publish)

@@ -298,13 +298,15 @@ class SQLiteStore:
         row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (source.id,)).fetchone()
         return _inode(row)
 
-    async def delete(self, inode: Inode) -> None:
-        await self._write(self._delete_tx, inode)
+    async def delete(self, inode: Inode, publish=None) -> None:
+        await self._write(self._delete_tx, inode, publish)
 
-    def _delete_tx(self, conn, inode: Inode) -> None:
+    def _delete_tx(self, conn, inode: Inode, publish=None) -> None:
         if conn.execute("SELECT 1 FROM inodes WHERE parent_id = ? LIMIT 1", (inode.id,)).fetchone():
             raise errors.DirectoryNotEmpty()
         # Gone, or moved away from the path the caller named: not found.
         cur = conn.execute("DELETE FROM inodes WHERE id = ? AND path = ?", (inode.id, inode.path))
         if cur.rowcount != 1:
             raise errors.NotFound()
+        if publish is not None:
+            _publish(publish)

@@ -50,7 +50,7 @@ def check_namespace(srv, paths):
 def test_start_rolls_interrupted_writes_forward_or_back(tmp_path):
     workdir = tmp_path / "node"
     srv = launch(workdir)
-    for name in ("forward", "unpublished", "recorded"):
+    for name in ("forward", "unpublished", "recorded", "aside"):
         assert srv.request("PUT", f"/v1/files/r/{name}", body=b"old content")[0] == 201
     _, before = head(srv, "/r/forward")
     assert srv.stop() == 0
@@ -78,6 +78,13 @@ def test_start_rolls_interrupted_writes_forward_or_back(tmp_path):
         fh.write(b"unrecorded")
     os.link(os.path.join(folder, "newfile"), os.path.join(folder, staged_name("newfile")))
 
+    # Set aside by a deletion that never committed: the metadata still holds the file.
+    os.rename(os.path.join(folder, "aside"), os.path.join(folder, staged_name("aside")))
+
+    # Set aside by a deletion that committed: no entry of that name.
+    with open(os.path.join(folder, staged_name("deleted")), "wb") as fh:
+        fh.write(b"deleted")
+
     # A leftover whose entry cannot be told (an older naming).
     with open(os.path.join(folder, ".callfs-tmp-0123456789abcdef"), "wb") as fh:
         fh.write(b"orphan")
@@ -93,8 +100,11 @@ def test_start_rolls_interrupted_writes_forward_or_back(tmp_path):
         assert srv.request("GET", "/v1/files/r/recorded")[2] == b"old content"
         assert srv.request("GET", "/v1/files/r/newfile")[0] == 404
         assert not os.path.exists(os.path.join(folder, "newfile"))
-        assert sorted(os.listdir(folder)) == ["forward", "recorded", "unpublished"]
-        check_namespace(srv, ["/r/forward", "/r/unpublished", "/r/recorded", "/r/newfile"])
+        assert srv.request("GET", "/v1/files/r/aside")[2] == b"old content"
+        assert srv.request("GET", "/v1/files/r/deleted")[0] == 404
+        assert sorted(os.listdir(folder)) == ["aside", "forward", "recorded", "unpublished"]
+        check_namespace(srv, ["/r/forward", "/r/unpublished", "/r/recorded", "/r/newfile",
+                              "/r/aside"])
     finally:
         assert srv.stop() == 0
 

@@ -89,3 +89,56 @@ def test_a_lapsed_lease_publishes_nothing(backend, existing):
     if existing:
         assert content(backend, "/f") == b"old"
     assert staged(backend) == []
+
+
+# -- deletions: the bytes are set aside inside the store's transaction ------------------------
+
+def test_a_deletion_sets_the_bytes_aside_then_drops_them(backend):
+    stage(backend, "/d/f", b"bytes").finish()
+    removal = backend.begin_remove("/d/f")
+    removal.publish()
+    removal.publish()  # a transaction that runs again sets nothing aside twice
+    assert not os.path.exists(backend.disk_path("/d/f"))
+    assert len(staged(backend)) == 1
+    removal.finish()
+    assert staged(backend) == [] and os.listdir(backend.disk_path("/d")) == []
+
+
+def test_a_deletion_that_did_not_commit_puts_the_bytes_back(backend):
+    stage(backend, "/d/f", b"bytes").finish()
+    removal = backend.begin_remove("/d/f")
+    removal.publish()
+    removal.undo()
+    assert content(backend, "/d/f") == b"bytes"
+    assert staged(backend) == []
+
+
+def test_undoing_a_deletion_keeps_newer_bytes_at_the_name(backend):
+    stage(backend, "/d/f", b"old").finish()
+    removal = backend.begin_remove("/d/f")
+    removal.publish()
+    stage(backend, "/d/f", b"newer").finish()
+    removal.undo()
+    assert content(backend, "/d/f") == b"newer"
+    assert staged(backend) == []
+
+
+def test_a_deletion_without_bytes_or_of_a_directory_takes_nothing(backend):
+    os.makedirs(backend.disk_path("/dir"))
+    for path in ("/missing", "/gone/f", "/dir"):
+        removal = backend.begin_remove(path)
+        removal.publish()
+        removal.finish()
+    assert os.path.isdir(backend.disk_path("/dir")) and staged(backend) == []
+
+
+def test_recovery_restores_bytes_set_aside_only_into_a_free_name(backend):
+    stage(backend, "/d/f", b"bytes").finish()
+    removal = backend.begin_remove("/d/f")
+    removal.publish()
+    aside = "/d/" + staged(backend)[0]
+    stage(backend, "/d/f", b"newer").finish()
+    assert not backend.restore_removed(aside, "/d/f")
+    os.unlink(backend.disk_path("/d/f"))
+    assert backend.restore_removed(aside, "/d/f")
+    assert content(backend, "/d/f") == b"bytes"
