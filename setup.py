@@ -2,7 +2,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE = ["pathnorm", "stream", "generations", "fsops"]
+NATIVE = ["pathnorm", "stream", "generations", "fsops", "httphead"]
 
 extensions = [
     Extension(

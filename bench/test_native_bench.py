@@ -176,3 +176,37 @@ def test_fsops_rename_exchange(benchmark, tmp_path, implementation):
         os.close(fd)
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]
     assert {(tmp_path / "a").read_bytes(), (tmp_path / "b").read_bytes()} == {b"A", b"B"}
+
+
+import test_httphead  # noqa: E402
+from callfs._native import httphead  # noqa: E402
+
+HEAD_IMPLEMENTATIONS = {"native": httphead, "oracle": test_httphead.oracle}
+
+
+@pytest.fixture(scope="module")
+def hot_site(tmp_path_factory):
+    engine, auth, close = test_httphead.make_site(str(tmp_path_factory.mktemp("hot")))
+    yield engine, auth
+    close()
+
+
+@QUICK
+@pytest.mark.parametrize("implementation", HEAD_IMPLEMENTATIONS)
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_httphead_hot_request(benchmark, hot_site, method, implementation):
+    """One request (the bytes wrk sends) through the head callbacks and the hot path to the
+    written answer: a cached 4 KiB file, a known key."""
+    engine, auth = hot_site
+    module = HEAD_IMPLEMENTATIONS[implementation]
+    hot = module.HotPath(auth=auth, engine=engine, security=test_httphead.SECURITY_HEADERS,
+                         hsts=test_httphead.HSTS, prepare=test_httphead.prepare,
+                         may_read=test_httphead.permissions.may_read,
+                         format_date=test_httphead.date_header)
+    conn = test_httphead.connection(module, hot)
+    data = (method + b" /v1/files/d/small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+            b"Authorization: Bearer " + test_httphead.KEY.encode() + b"\r\n\r\n")
+    benchmark.group = f"httphead: {method.decode()} of a cached 4 KiB file"
+    benchmark(conn.data_received, data)
+    assert conn.events == [] and hot.answered >= 10
+    assert len(conn.transport.written[-1]) > (4096 if method == b"GET" else 0)

@@ -28,7 +28,7 @@ from callfs.backends.localfs import LocalFSBackend
 from callfs.core import errors
 from callfs.core.engine import Engine, recover
 from callfs.http.auth import Authenticator
-from callfs.http.hotpath import HotPath
+from callfs.http.hotpath import hot_path
 from callfs.http.protocol import HttpProtocol
 from callfs.http.router import HSTS, SECURITY_HEADERS, Router
 from callfs.locks.local import LocalLockManager
@@ -248,7 +248,7 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
     router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine),
                     system=SystemAPI(TransferAPI(engine)))
-    hot = HotPath(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
+    hot = hot_path(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
     REGISTRY.register(AttributeCounter("callfs_hot_path_responses",
                                        "GET/HEAD answered from the metadata cache in one write",
                                        hot, "answered"))

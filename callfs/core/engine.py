@@ -152,20 +152,9 @@ class Engine:
                 stack.extend(reversed(subdirs))
         return items
 
-    # -- the hot path's questions (synchronous; they never wait for a store) ------------------
-
-    def cached_file(self, identity: str, path: str):
-        """The metadata cache's exact entry for a local file `identity` may read, or None when
-        the answer needs the general route (not cached, a directory, remote, refused)."""
-        lookup = getattr(self.store, "lookup", None)
-        entry = lookup(path) if lookup is not None else None
-        if entry is None:
-            return None
-        inode = entry.inode
-        if (inode.type != FILE or inode.instance_id not in (None, self.instance_id)
-                or not permissions.may_read(identity, inode)):
-            return None
-        return entry
+    # -- the hot path's helpers (synchronous; they never wait for a store) --------------------
+    # Which requests it answers (a cached local file the caller may read) is decided per
+    # request in C: callfs/_native/httphead.pyx.
 
     def small_content(self, inode: Inode) -> bytes | None:
         """A small file's bytes, only when they are provably the content `inode` describes."""

@@ -8,95 +8,46 @@ written at once, with no task, no Request object and no coroutine. Anything else
 miss, a query, a trailing slash, a directory, a conditional, a large file) returns None and
 takes the general route, which answers identically and fills the cache for next time.
 
-The answer is byte-for-byte the general route's (tests/integration/test_hotpath.py compares
-them), except for Date and the fresh X-Request-ID.
+The per-request part runs in C (callfs/_native/httphead.pyx: the parser's callbacks and
+`HotPath.answer`); this module builds what it keeps per content version. The answer is
+byte-for-byte the general route's (tests/integration/test_hotpath.py compares them), except
+for Date and the fresh X-Request-ID.
 """
-from random import getrandbits
-
-from callfs._native.pathnorm import normalize_url_path
+from callfs._native.httphead import HotFile, HotPath
 from callfs.api.shapes import cache_headers, metadata_headers
+from callfs.core import permissions
 from callfs.http.response import OCTETS, date_header
-
-_FILES_SLASH = b"/v1/files/"
-_WS = b"/v1/files/ws/"  # GET there is the WebSocket endpoint (API.md §12)
-_STATUS_200 = b"HTTP/1.1 200 OK\r\n"
-_REQUEST_ID = b"X-Request-ID: "
 
 # The largest file whose bytes the hot path keeps with its cache entry (the metadata cache
 # bounds the total).
 SMALL_FILE = 256 * 1024
 
 
-class HotFile:
-    """What the hot path keeps for one content version of a file."""
-
-    __slots__ = ("get_head", "head_head", "body")
-
-    def __init__(self, get_head: bytes, head_head: bytes, body: bytes | None):
-        self.get_head = get_head    # header lines of GET, from Content-Type to Content-Length
-        self.head_head = head_head  # the same for HEAD
-        self.body = body            # the content, when small enough to keep
+def hot_path(*, auth, engine, security: bytes, hsts: bytes) -> HotPath:
+    """The hot path of a worker: `auth` for known API keys, `engine` for the metadata cache
+    (through its store) and the small files' bytes, the header lines every response carries."""
+    return HotPath(auth=auth, engine=engine, security=security, hsts=hsts, prepare=prepare,
+                   may_read=permissions.may_read, format_date=date_header)
 
 
-class HotPath:
-    def __init__(self, *, auth, engine, security: bytes, hsts: bytes):
-        self.auth = auth
-        self.engine = engine
-        self.security = security
-        self.hsts = hsts
-        self.answered = 0  # responses sent by the hot path (exported as a metric)
-
-    def answer(self, method: bytes, url: bytes, headers: dict, tls: bool) -> bytes | None:
-        """The whole response for a plain GET/HEAD of a cached file, or None."""
-        if not url.startswith(_FILES_SLASH) or b"?" in url or url.startswith(_WS):
-            return None
-        identity = self.auth.identify_known(headers.get(b"authorization"))
-        if identity is None:
-            return None
-        try:
-            path, trailing = normalize_url_path(url[9:])
-        except ValueError:  # PathError, MalformedURL: the general route words the 400
-            return None
-        if trailing:
-            return None
-        entry = self.engine.cached_file(identity, path)
-        if entry is None:
-            return None
-        hot = entry.extra
-        if hot is None:
-            hot = self._prepare(entry)
-        if method == b"HEAD":
-            parts = [_STATUS_200, date_header(), hot.head_head]
-        elif hot.body is not None:
-            parts = [_STATUS_200, date_header(), hot.get_head]
-        else:
-            return None
-        parts.append(self.security)
-        if tls:
-            parts.append(self.hsts)
-        parts.append(_REQUEST_ID)
-        parts.append(b"%016x\r\n\r\n" % getrandbits(64))
-        if method != b"HEAD":
-            parts.append(hot.body)
-        self.answered += 1
-        return b"".join(parts)
-
-    def _prepare(self, entry) -> HotFile:
-        inode = entry.inode
-        length = b"Content-Length: %d\r\n" % inode.size
-        validators = cache_headers(inode)
-        get_head = OCTETS + metadata_headers(inode) + validators + length
-        head_head = OCTETS + metadata_headers(inode, instance=True) + validators + length
-        heads = len(get_head) + len(head_head)
-        if inode.size > SMALL_FILE:
-            hot = HotFile(get_head, head_head, None)
-            self.engine.keep_with(entry, hot, heads)
-            return hot
-        body = self.engine.small_content(inode)
-        hot = HotFile(get_head, head_head, body)
-        if body is None:
-            return hot  # the bytes on disk are not this version (yet): ask again next time
-        if not self.engine.keep_with(entry, hot, heads + len(body)):
-            hot = HotFile(get_head, head_head, None)
-            self.engine.keep_with(entry, hot, heads)
+def prepare(engine, entry) -> HotFile:
+    """Build (and keep with the cache entry, within the cache's budget) what the hot path
+    writes for the content version `entry` describes."""
+    inode = entry.inode
+    length = b"Content-Length: %d\r\n" % inode.size
+    validators = cache_headers(inode)
+    get_head = OCTETS + metadata_headers(inode) + validators + length
+    head_head = OCTETS + metadata_headers(inode, instance=True) + validators + length
+    heads = len(get_head) + len(head_head)
+    if inode.size > SMALL_FILE:
+        hot = HotFile(get_head, head_head, None)
+        engine.keep_with(entry, hot, heads)
         return hot
+    body = engine.small_content(inode)
+    hot = HotFile(get_head, head_head, body)
+    if body is None:
+        return hot  # the bytes on disk are not this version (yet): ask again next time
+    if not engine.keep_with(entry, hot, heads + len(body)):
+        hot = HotFile(get_head, head_head, None)
+        engine.keep_with(entry, hot, heads)
+    return hot

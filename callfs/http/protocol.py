@@ -24,6 +24,9 @@ from collections import deque
 
 import httptools
 
+from callfs._native.httphead import PAUSE_BROKEN as _PAUSE_BROKEN
+from callfs._native.httphead import HeadState
+from callfs._native.httphead import Reject as _Reject
 from callfs._native.stream import SpliceSink, send_file
 from callfs.core.errors import BadRequest, ClientGone
 from callfs.http.request import Body, Request
@@ -31,9 +34,6 @@ from callfs.http.response import Response, date_header, status_line
 
 log = logging.getLogger("callfs.http")
 
-MAX_URL = 64 * 1024
-MAX_HEAD = 1024 * 1024
-MAX_FIELDS = 1000
 MAX_PIPELINE = 32
 DISCARD_LIMIT = 1024 * 1024
 LINGER = 2.0
@@ -42,14 +42,7 @@ SPLICE_MIN = 64 * 1024  # bodies above this wait in the socket for the handler
 
 _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
-_PAUSE_BROKEN = 4
 _PAUSE_SPLICE = 8  # the body moves by splice: the transport must not read
-
-# Request headers that send a GET/HEAD down the general route (the hot path answers only
-# plain reads).
-_NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
-                      b"if-range", b"range", b"x-request-id", b"content-length",
-                      b"transfer-encoding", b"expect", b"upgrade"))
 
 _CLOSE = b"Connection: close\r\n"
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
@@ -65,18 +58,13 @@ class _Rejection:
         self.status = status
 
 
-class _Reject(Exception):
-    def __init__(self, status: int):
-        self.status = status
-
-
 def _rejection_bytes(status: int) -> bytes:
     text = status_line(status)[9:-2] + b"\n"
     return (status_line(status) + date_header() + b"Content-Type: text/plain; charset=utf-8\r\n"
             + b"Content-Length: %d\r\n" % len(text) + _CLOSE + b"\r\n" + text)
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(HeadState, asyncio.Protocol):
     def __init__(self, state):
         self.state = state
         self.app = state.app
@@ -152,74 +140,32 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- reading ------------------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    # `data_received` and the head's parser callbacks are HeadState's (in C): a plain GET/HEAD
+    # the hot path can answer never leaves them. The rest of each message comes here.
+
+    def received_outside_http(self, data: bytes) -> None:
+        """Bytes after the connection left HTTP: a WebSocket session's, or nothing to parse
+        (the parser refused the message; the connection closes after the error)."""
         if self._session is not None:
             self._last_read = self.loop.time()
             self._session.feed(data)
-            return
-        if self._pause & _PAUSE_BROKEN:
-            return
-        self._last_read = self.loop.time()
-        was_in_head = self._in_head
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+
+    def feed_failed(self, exc: Exception, data: bytes) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
             self._upgrade = True
             self._upgrade_tail = data[exc.args[0]:] if exc.args else b""
             self._set_pause(_PAUSE_BROKEN)
-        except _Reject as exc:
+        elif isinstance(exc, _Reject):
             self._parse_failed(exc.status)
-            return
-        except httptools.HttpParserError as exc:
+        elif isinstance(exc, httptools.HttpParserError):
             ctx = exc.__context__
             self._parse_failed(ctx.status if isinstance(ctx, _Reject) else 400)
-            return
-        if self._in_head:
-            self._head_fed = self._head_fed + len(data) if was_in_head else len(data)
-            if self._head_fed > MAX_HEAD:
-                self._parse_failed(431)
+        else:
+            raise exc
 
-    def on_message_begin(self):
-        self._in_head = True
-        self._head_start = self.loop.time()
-        self._idle_since = 0.0
-        self._url = b""
-        self._headers = {}
-        self._fields = 0
-        self._head_size = 0
-        self._plain = True
-
-    def on_url(self, url: bytes):
-        self._url += url
-        if len(self._url) > MAX_URL:
-            raise _Reject(414)
-        self._head_size += len(url)
-
-    def on_header(self, name: bytes, value: bytes):
-        self._fields += 1
-        self._head_size += len(name) + len(value) + 4
-        if self._fields > MAX_FIELDS or self._head_size > MAX_HEAD:
-            raise _Reject(431)
-        name = name.lower()
-        if name in _NOT_HOT:
-            self._plain = False
-        seen = self._headers.get(name)
-        self._headers[name] = value if seen is None else seen + b", " + value
-
-    def on_headers_complete(self):
-        self._in_head = False
+    def head_complete(self) -> None:
+        """A message's head for the general route: queue its Request for the runner."""
         headers = self._headers
-        if self._plain and not self.pipeline and self.hot is not None:
-            method = self.parser.get_method()
-            if (method == b"GET" or method == b"HEAD") and self.parser.should_keep_alive() \
-                    and not self.state.draining:
-                data = self.hot.answer(method, self._url, headers, self.tls)
-                if data is not None:
-                    self.transport.write(data)
-                    self._answered = True
-                    self._idle_since = self.loop.time()
-                    return
-        self._idle_since = 0.0
         length = headers.get(b"content-length")
         if length is not None and b"transfer-encoding" in headers:
             raise _Reject(400)  # request smuggling: never trust both
@@ -250,10 +196,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, data: bytes):
         self._current.body.feed(data)
 
-    def on_message_complete(self):
-        if self._answered:
-            self._answered = False
-            return
+    def message_complete(self) -> None:
         request = self._current
         if request is not None:
             request.body.finish()

@@ -1,0 +1,338 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The request head in C: httptools' callbacks for each message's head, and the hot path that
+answers a plain GET/HEAD of a cached file from inside the last of them.
+
+`HeadState` is the base class of the HTTP connection (callfs/http/protocol.py). httptools calls
+its methods for every message: `on_message_begin`, `on_url`, `on_header` per header line, then
+`on_headers_complete`, where a plain GET/HEAD that `HotPath` can answer is written at once and
+everything else goes to the connection's `head_complete` (the general route). Limits raise
+`Reject(status)`: 414 for the URL, 431 for the header data.
+
+`HotPath.answer` is callfs/http/hotpath.py's question in C: the whole response for a plain
+GET/HEAD of a file the metadata cache holds, or None to take the general route. What it writes
+is built once per content version (`HotFile`, by the Python `prepare` it is given).
+
+The plain-Python specifications are tests/unit/httphead_oracle.py and
+tests/unit/hotpath_oracle.py.
+"""
+import os
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
+from libc.string cimport memchr, memcmp, memcpy
+from libc.time cimport time, time_t
+
+from callfs._native.generations cimport GenerationTable
+from callfs._native.pathnorm cimport normalize_url_path
+
+MAX_URL = 64 * 1024      # bytes of the request target: 414 beyond
+MAX_HEAD = 1024 * 1024   # bytes of the head (header lines included): 431 beyond
+MAX_FIELDS = 1000        # header lines: 431 beyond
+cdef Py_ssize_t _MAX_URL = MAX_URL
+cdef Py_ssize_t _MAX_HEAD = MAX_HEAD
+cdef Py_ssize_t _MAX_FIELDS = MAX_FIELDS
+PAUSE_BROKEN = 4  # the connection's pause flag for a message the parser refused
+cdef int _PAUSE_BROKEN = PAUSE_BROKEN
+
+# Request headers that send a GET/HEAD down the general route (the hot path answers only
+# plain reads).
+NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
+                     b"if-unmodified-since", b"if-range", b"range", b"x-request-id",
+                     b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+cdef frozenset _NOT_HOT = NOT_HOT
+
+cdef bytes _STATUS_200 = b"HTTP/1.1 200 OK\r\n"
+cdef bytes _REQUEST_ID = b"X-Request-ID: "
+cdef str _FILE = "file"  # Inode.type of a file (callfs.core.model.FILE)
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+class Reject(Exception):
+    """A request head refused before any handler runs: answered with `status`, then close."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+# -- request IDs: 8 random bytes each (xoshiro256**, seeded from the OS, again after a fork) ---
+
+cdef uint64_t _rng[4]
+
+
+def _seed():
+    cdef bytes seed = os.urandom(32)
+    memcpy(<void*>_rng, PyBytes_AS_STRING(seed), 32)
+    if _rng[0] == 0 and _rng[1] == 0 and _rng[2] == 0 and _rng[3] == 0:
+        _rng[0] = 1
+
+
+_seed()
+os.register_at_fork(after_in_child=_seed)
+
+
+cdef inline uint64_t _rotl(uint64_t x, int k) noexcept:
+    return (x << k) | (x >> (64 - k))
+
+
+cdef inline uint64_t _next_random() noexcept:
+    cdef uint64_t result = _rotl(_rng[1] * 5, 7) * 9
+    cdef uint64_t t = _rng[1] << 17
+    _rng[2] ^= _rng[0]
+    _rng[3] ^= _rng[1]
+    _rng[1] ^= _rng[2]
+    _rng[0] ^= _rng[3]
+    _rng[2] ^= t
+    _rng[3] = _rotl(_rng[3], 45)
+    return result
+
+
+def random_id():
+    """A fresh request ID: 16 lowercase hex digits."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 16)
+    _hex16(PyBytes_AS_STRING(out), _next_random())
+    return out
+
+
+cdef inline void _hex16(char* out, uint64_t value) noexcept:
+    cdef int i
+    for i in range(15, -1, -1):
+        out[i] = _HEX[value & 15]
+        value >>= 4
+
+
+# -- the Date header, formatted by Python once a second ----------------------------------------
+
+cdef time_t _date_second = 0
+cdef bytes _date_line = b""
+cdef object _format_date = None
+
+
+cdef inline bytes _date() :
+    global _date_second, _date_line
+    cdef time_t now = time(NULL)
+    if now != _date_second:
+        _date_line = _format_date()
+        _date_second = now
+    return _date_line
+
+
+# -- the hot path -------------------------------------------------------------------------------
+
+cdef class HotFile:
+    """What the hot path keeps for one content version of a file."""
+
+    cdef readonly bytes get_head   # header lines of GET, from Content-Type to Content-Length
+    cdef readonly bytes head_head  # the same for HEAD
+    cdef readonly object body      # the content (bytes) when small enough to keep, or None
+
+    def __init__(self, bytes get_head not None, bytes head_head not None, body):
+        self.get_head = get_head
+        self.head_head = head_head
+        self.body = body
+
+
+cdef class HotPath:
+    """Answers plain GET/HEAD of cached files; see callfs/http/hotpath.py."""
+
+    cdef object auth, engine, store, identify, may_read, prepare, instance_id
+    cdef dict known
+    cdef GenerationTable table
+    cdef bytes security, hsts
+    cdef public Py_ssize_t answered  # responses sent by the hot path (exported as a metric)
+
+    def __init__(self, *, auth, engine, bytes security not None, bytes hsts not None,
+                 prepare, may_read, format_date):
+        global _format_date
+        self.auth = auth
+        self.engine = engine
+        self.store = engine.store
+        self.table = getattr(self.store, "table", None)  # None: no cache, no hot path
+        self.known = auth._known
+        self.identify = auth.identify_known
+        self.may_read = may_read
+        self.prepare = prepare
+        self.instance_id = engine.instance_id
+        self.security = security
+        self.hsts = hsts
+        self.answered = 0
+        _format_date = format_date
+
+    def answer(self, bytes method not None, bytes url not None, dict headers not None,
+               bint tls):
+        """The whole response for a plain GET/HEAD of a cached file, or None."""
+        return self._answer(method, url, headers, tls)
+
+    cdef object _answer(self, bytes method, bytes url, dict headers, bint tls):
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(url)
+        cdef const char* raw = PyBytes_AS_STRING(url)
+        if self.table is None or size < 10 or memcmp(raw, b"/v1/files/", 10) != 0:
+            return None
+        if memchr(raw, 63, size) != NULL:  # '?': a query goes the general route
+            return None
+        if size >= 13 and memcmp(raw, b"/v1/files/ws/", 13) == 0:
+            return None  # GET there is the WebSocket endpoint (API.md §12)
+        authorization = headers.get(b"authorization")
+        identity = self.known.get(authorization)
+        if identity is None:
+            identity = self.identify(authorization)
+            if identity is None:
+                return None
+        try:
+            path, trailing = normalize_url_path(url[9:])
+        except ValueError:  # PathError, MalformedURL: the general route words the 400
+            return None
+        if trailing:
+            return None
+        entry = self.store.entries.get(path)
+        if entry is None or entry.stamp != self.table.stamp(path):
+            return None
+        inode = entry.inode
+        if inode.type != _FILE:
+            return None
+        owner = inode.instance_id
+        if owner is not None and owner != self.instance_id:
+            return None
+        if not self.may_read(identity, inode):
+            return None
+        extra = entry.extra
+        cdef HotFile hot
+        if isinstance(extra, HotFile):
+            hot = <HotFile>extra
+        else:
+            hot = <HotFile?>self.prepare(self.engine, entry)
+        cdef bint head = method == b"HEAD"
+        cdef bytes block
+        cdef bytes body = None
+        if head:
+            block = hot.head_head
+        elif hot.body is None:
+            return None  # large: the general route sends it with sendfile
+        else:
+            block = hot.get_head
+            body = <bytes?>hot.body
+        self.answered += 1
+        return _join(_date(), block, self.security, self.hsts if tls else None, body)
+
+
+cdef bytes _join(bytes date, bytes block, bytes security, bytes hsts, bytes body):
+    """Status line, Date, the entry's block, security headers, a fresh X-Request-ID, the body."""
+    cdef Py_ssize_t total = (17 + PyBytes_GET_SIZE(date) + PyBytes_GET_SIZE(block)
+                             + PyBytes_GET_SIZE(security) + 14 + 16 + 4)
+    if hsts is not None:
+        total += PyBytes_GET_SIZE(hsts)
+    if body is not None:
+        total += PyBytes_GET_SIZE(body)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* p = PyBytes_AS_STRING(out)
+    p = _put(p, _STATUS_200)
+    p = _put(p, date)
+    p = _put(p, block)
+    p = _put(p, security)
+    if hsts is not None:
+        p = _put(p, hsts)
+    p = _put(p, _REQUEST_ID)
+    _hex16(p, _next_random())
+    p += 16
+    memcpy(p, b"\r\n\r\n", 4)
+    p += 4
+    if body is not None:
+        _put(p, body)
+    return out
+
+
+cdef inline char* _put(char* p, bytes part) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(part)
+    memcpy(p, PyBytes_AS_STRING(part), n)
+    return p + n
+
+
+# -- the head of each message ------------------------------------------------------------------
+
+cdef class HeadState:
+    """Bytes in, and httptools' callbacks for a message's head, as the base of the HTTP
+    connection. The connection provides `head_complete()` (a message for the general route),
+    `message_complete()`, `received_outside_http(data)` (a WebSocket session's bytes, or a
+    broken connection's), `feed_failed(exc, data)` and `_parse_failed(status)`; the fields
+    below are its parse state."""
+
+    cdef public object loop, parser, transport, state, pipeline, _session
+    cdef public HotPath hot
+    cdef public bint tls
+    cdef public bytes _url
+    cdef public dict _headers
+    cdef public Py_ssize_t _fields, _head_size, _head_fed
+    cdef public bint _in_head, _plain, _answered
+    cdef public double _head_start, _idle_since, _last_read
+    cdef public int _pause
+
+    def data_received(self, bytes data not None):
+        if self._session is not None or self._pause & _PAUSE_BROKEN:
+            self.received_outside_http(data)
+            return
+        self._last_read = self.loop.time()
+        cdef bint was_in_head = self._in_head
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:
+            self.feed_failed(exc, data)
+            return
+        if self._in_head:
+            self._head_fed = (self._head_fed + PyBytes_GET_SIZE(data) if was_in_head
+                              else PyBytes_GET_SIZE(data))
+            if self._head_fed > _MAX_HEAD:
+                self._parse_failed(431)
+
+    def on_message_begin(self):
+        self._in_head = True
+        self._head_start = self.loop.time()
+        self._idle_since = 0.0
+        self._url = b""
+        self._headers = {}
+        self._fields = 0
+        self._head_size = 0
+        self._plain = True
+
+    def on_url(self, bytes url not None):
+        if PyBytes_GET_SIZE(self._url):
+            self._url = self._url + url
+        else:
+            self._url = url
+        if PyBytes_GET_SIZE(self._url) > _MAX_URL:
+            raise Reject(414)
+        self._head_size += PyBytes_GET_SIZE(url)
+
+    def on_header(self, bytes name not None, bytes value not None):
+        self._fields += 1
+        self._head_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        if self._fields > _MAX_FIELDS or self._head_size > _MAX_HEAD:
+            raise Reject(431)
+        name = name.lower()
+        if name in _NOT_HOT:
+            self._plain = False
+        headers = self._headers
+        seen = headers.get(name)
+        headers[name] = value if seen is None else seen + b", " + value
+
+    def on_headers_complete(self):
+        self._in_head = False
+        cdef bytes method, data
+        if self._plain and self.hot is not None and not self.pipeline:
+            parser = self.parser
+            method = parser.get_method()
+            if ((method == b"GET" or method == b"HEAD") and parser.should_keep_alive()
+                    and not self.state.draining):
+                data = self.hot._answer(method, self._url, self._headers, self.tls)
+                if data is not None:
+                    self.transport.write(data)
+                    self._answered = True
+                    self._idle_since = self.loop.time()
+                    return
+        self._idle_since = 0.0
+        self.head_complete()
+
+    def on_message_complete(self):
+        if self._answered:
+            self._answered = False
+            return
+        self.message_complete()

@@ -1,0 +1,160 @@
+"""Plain-Python specification of callfs._native.httphead: the request head's parser callbacks
+and the hot path's answer. The native module must behave exactly like this (test_httphead.py).
+"""
+import random
+
+from callfs._native.pathnorm import normalize_url_path
+
+MAX_URL = 64 * 1024
+MAX_HEAD = 1024 * 1024
+MAX_FIELDS = 1000
+PAUSE_BROKEN = 4
+NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
+                     b"if-unmodified-since", b"if-range", b"range", b"x-request-id",
+                     b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+FILE = "file"
+
+
+class Reject(Exception):
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+def random_id() -> bytes:
+    return b"%016x" % random.getrandbits(64)
+
+
+class HotFile:
+    __slots__ = ("get_head", "head_head", "body")
+
+    def __init__(self, get_head: bytes, head_head: bytes, body):
+        self.get_head = get_head
+        self.head_head = head_head
+        self.body = body
+
+
+class HotPath:
+    def __init__(self, *, auth, engine, security, hsts, prepare, may_read, format_date):
+        self.auth = auth
+        self.engine = engine
+        self.security = security
+        self.hsts = hsts
+        self.prepare = prepare
+        self.may_read = may_read
+        self.format_date = format_date
+        self.answered = 0
+
+    def _cached_file(self, identity: str, path: str):
+        """The metadata cache's exact entry for a local file `identity` may read, or None."""
+        lookup = getattr(self.engine.store, "lookup", None)
+        entry = lookup(path) if lookup is not None else None
+        if entry is None:
+            return None
+        inode = entry.inode
+        if (inode.type != FILE or inode.instance_id not in (None, self.engine.instance_id)
+                or not self.may_read(identity, inode)):
+            return None
+        return entry
+
+    def answer(self, method: bytes, url: bytes, headers: dict, tls: bool):
+        if not url.startswith(b"/v1/files/") or b"?" in url or url.startswith(b"/v1/files/ws/"):
+            return None
+        identity = self.auth.identify_known(headers.get(b"authorization"))
+        if identity is None:
+            return None
+        try:
+            path, trailing = normalize_url_path(url[9:])
+        except ValueError:
+            return None
+        if trailing:
+            return None
+        entry = self._cached_file(identity, path)
+        if entry is None:
+            return None
+        hot = entry.extra
+        if hot is None or not hasattr(hot, "get_head"):
+            hot = self.prepare(self.engine, entry)
+        if method == b"HEAD":
+            parts = [b"HTTP/1.1 200 OK\r\n", self.format_date(), hot.head_head]
+        elif hot.body is not None:
+            parts = [b"HTTP/1.1 200 OK\r\n", self.format_date(), hot.get_head]
+        else:
+            return None
+        parts.append(self.security)
+        if tls:
+            parts.append(self.hsts)
+        parts.append(b"X-Request-ID: " + random_id() + b"\r\n\r\n")
+        if method != b"HEAD":
+            parts.append(hot.body)
+        self.answered += 1
+        return b"".join(parts)
+
+
+class HeadState:
+    """The base of a connection: its subclass provides loop, parser, transport, state,
+    pipeline, hot, tls, `_session`, `_pause` and the methods named in the native docstring."""
+
+    def data_received(self, data: bytes) -> None:
+        if self._session is not None or self._pause & PAUSE_BROKEN:
+            self.received_outside_http(data)
+            return
+        self._last_read = self.loop.time()
+        was_in_head = self._in_head
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:
+            self.feed_failed(exc, data)
+            return
+        if self._in_head:
+            self._head_fed = self._head_fed + len(data) if was_in_head else len(data)
+            if self._head_fed > MAX_HEAD:
+                self._parse_failed(431)
+
+    def on_message_begin(self):
+        self._in_head = True
+        self._head_start = self.loop.time()
+        self._idle_since = 0.0
+        self._url = b""
+        self._headers = {}
+        self._fields = 0
+        self._head_size = 0
+        self._plain = True
+
+    def on_url(self, url: bytes):
+        self._url += url
+        if len(self._url) > MAX_URL:
+            raise Reject(414)
+        self._head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes):
+        self._fields += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._fields > MAX_FIELDS or self._head_size > MAX_HEAD:
+            raise Reject(431)
+        name = name.lower()
+        if name in NOT_HOT:
+            self._plain = False
+        seen = self._headers.get(name)
+        self._headers[name] = value if seen is None else seen + b", " + value
+
+    def on_headers_complete(self):
+        self._in_head = False
+        if self._plain and self.hot is not None and not self.pipeline:
+            method = self.parser.get_method()
+            if (method in (b"GET", b"HEAD") and self.parser.should_keep_alive()
+                    and not self.state.draining):
+                data = self.hot.answer(method, self._url, self._headers, self.tls)
+                if data is not None:
+                    self.transport.write(data)
+                    self._answered = True
+                    self._idle_since = self.loop.time()
+                    return
+        self._idle_since = 0.0
+        self.head_complete()
+
+    def on_message_complete(self):
+        if self._answered:
+            self._answered = False
+            return
+        self.message_complete()
