@@ -41,6 +41,8 @@ NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
                      b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 cdef frozenset _NOT_HOT = NOT_HOT
 
+# A body larger than this is not copied behind the headers: both go out in one writev.
+cdef Py_ssize_t _SPLIT = 16 * 1024
 cdef bytes _STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 cdef bytes _REQUEST_ID = b"X-Request-ID: "
 cdef str _FILE = "file"  # Inode.type of a file (callfs.core.model.FILE)
@@ -139,6 +141,7 @@ cdef class HotPath:
     cdef dict known
     cdef GenerationTable table
     cdef bytes security, hsts
+    cdef bytes pending  # the body of the last answer, when it goes out beside its head
     cdef public Py_ssize_t answered  # responses sent by the hot path (exported as a metric)
 
     def __init__(self, *, auth, engine, bytes security not None, bytes hsts not None,
@@ -161,9 +164,14 @@ cdef class HotPath:
     def answer(self, bytes method not None, bytes url not None, dict headers not None,
                bint tls):
         """The whole response for a plain GET/HEAD of a cached file, or None."""
-        return self._answer(method, url, headers, tls)
+        head = self._answer(method, url, headers, tls)
+        if head is None or self.pending is None:
+            return head
+        body, self.pending = self.pending, None
+        return head + body
 
-    cdef object _answer(self, bytes method, bytes url, dict headers, bint tls):
+    cdef bytes _answer(self, bytes method, bytes url, dict headers, bint tls):
+        """The response, or its head alone with its body left in `pending`; or None."""
         cdef Py_ssize_t size = PyBytes_GET_SIZE(url)
         cdef const char* raw = PyBytes_AS_STRING(url)
         if self.table is None or size < 10 or memcmp(raw, b"/v1/files/", 10) != 0:
@@ -212,6 +220,9 @@ cdef class HotPath:
             block = hot.get_head
             body = <bytes?>hot.body
         self.answered += 1
+        if body is not None and PyBytes_GET_SIZE(body) > _SPLIT:
+            self.pending = body
+            body = None
         return _join(_date(), block, self.security, self.hsts if tls else None, body)
 
 
@@ -316,15 +327,21 @@ cdef class HeadState:
 
     def on_headers_complete(self):
         self._in_head = False
-        cdef bytes method, data
+        cdef bytes method, data, body
+        cdef HotPath hot
         if self._plain and self.hot is not None and not self.pipeline:
             parser = self.parser
             method = parser.get_method()
             if ((method == b"GET" or method == b"HEAD") and parser.should_keep_alive()
                     and not self.state.draining):
-                data = self.hot._answer(method, self._url, self._headers, self.tls)
+                hot = self.hot
+                data = hot._answer(method, self._url, self._headers, self.tls)
                 if data is not None:
-                    self.transport.write(data)
+                    if hot.pending is None:
+                        self.transport.write(data)
+                    else:
+                        body, hot.pending = hot.pending, None
+                        self.transport.writelines((data, body))
                     self._answered = True
                     self._idle_since = self.loop.time()
                     return

@@ -32,10 +32,12 @@ def stable(headers: dict) -> dict:
 
 def test_hot_path_answers_exactly_like_the_general_route(launcher):
     srv = launcher(workers=1)
-    small, large = random_bytes(1000), random_bytes(300 * 1024)
-    for name, data in (("small", small), ("large", large), ("empty", b"")):
+    # small: joined behind its head; medium: beside it (one writev); large: by sendfile.
+    files = (("small", random_bytes(1000)), ("medium", random_bytes(64 * 1024)),
+             ("large", random_bytes(300 * 1024)), ("empty", b""))
+    for name, data in files:
         assert srv.request("PUT", f"/v1/files/hp/{name}", body=data)[0] == 201
-    for name, data in (("small", small), ("large", large), ("empty", b"")):
+    for name, data in files:
         for method in ("GET", "HEAD"):
             srv.request(method, f"/v1/files/hp/{name}")  # fills the cache
             before = hot_count(srv)

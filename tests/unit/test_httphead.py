@@ -59,6 +59,9 @@ class Sink:
     def write(self, data):
         self.written[-1:] = [data]  # the last write only: benchmarks write many
 
+    def writelines(self, parts):
+        self.write(b"".join(parts))
+
 
 def connection(implementation, hot=None):
     class Connection(implementation.HeadState):
@@ -198,7 +201,7 @@ def make_site(tmp: str):
         await store.open()
         await backend.open()
         await locks.open()
-        files = {"/d/small": b"x" * 4096, "/d/empty": b"", "/d/caf\u00e9 1": b"unicode",
+        files = {"/d/small": b"x" * 4096, "/d/medium": os.urandom(64 * 1024), "/d/empty": b"", "/d/caf\u00e9 1": b"unicode",
                  "/d/large": b"L" * (SMALL_FILE + 1), "/other/f": b"others"}
         for path, data in files.items():
             await engine.put_file("bob", path, Body(data))
@@ -239,7 +242,7 @@ def comparable(answer):
     return None if answer is None else _VOLATILE.sub(rb"\1\2-", answer)
 
 
-URLS = [b"/v1/files/d/small", b"/v1/files/d/empty", b"/v1/files/d/caf%C3%A9%201",
+URLS = [b"/v1/files/d/small", b"/v1/files/d/medium", b"/v1/files/d/empty", b"/v1/files/d/caf%C3%A9%201",
         b"/v1/files/d/large", b"/v1/files/other/f", b"/v1/files/d", b"/v1/files/d/small/",
         b"/v1/files/d/small?x=1", b"/v1/files/ws/d/small", b"/v1/files//d/./small",
         b"/v1/files/d/%zz", b"/v1/files/missing", b"/v1/files/d/../d/small", b"/v1/files",
