@@ -22,7 +22,6 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 from libc.time cimport time, time_t
 
-from callfs._native.generations cimport GenerationTable
 from callfs._native.pathnorm cimport normalize_url_path
 
 MAX_URL = 64 * 1024      # bytes of the request target: 414 beyond
@@ -124,10 +123,6 @@ cdef inline bytes _date() :
 cdef class HotFile:
     """What the hot path keeps for one content version of a file."""
 
-    cdef readonly bytes get_head   # header lines of GET, from Content-Type to Content-Length
-    cdef readonly bytes head_head  # the same for HEAD
-    cdef readonly object body      # the content (bytes) when small enough to keep, or None
-
     def __init__(self, bytes get_head not None, bytes head_head not None, body):
         self.get_head = get_head
         self.head_head = head_head
@@ -136,13 +131,6 @@ cdef class HotFile:
 
 cdef class HotPath:
     """Answers plain GET/HEAD of cached files; see callfs/http/hotpath.py."""
-
-    cdef object auth, engine, store, identify, may_read, prepare, instance_id
-    cdef dict known
-    cdef GenerationTable table
-    cdef bytes security, hsts
-    cdef bytes pending  # the body of the last answer, when it goes out beside its head
-    cdef public Py_ssize_t answered  # responses sent by the hot path (exported as a metric)
 
     def __init__(self, *, auth, engine, bytes security not None, bytes hsts not None,
                  prepare, may_read, format_date):
@@ -265,17 +253,7 @@ cdef class HeadState:
     connection. The connection provides `head_complete()` (a message for the general route),
     `message_complete()`, `received_outside_http(data)` (a WebSocket session's bytes, or a
     broken connection's), `feed_failed(exc, data)` and `_parse_failed(status)`; the fields
-    below are its parse state."""
-
-    cdef public object loop, parser, transport, state, pipeline, _session
-    cdef public HotPath hot
-    cdef public bint tls
-    cdef public bytes _url
-    cdef public dict _headers
-    cdef public Py_ssize_t _fields, _head_size, _head_fed
-    cdef public bint _in_head, _plain, _answered
-    cdef public double _head_start, _idle_since, _last_read
-    cdef public int _pause
+    in the .pxd are its parse state."""
 
     def data_received(self, bytes data not None):
         if self._session is not None or self._pause & _PAUSE_BROKEN:

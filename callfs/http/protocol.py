@@ -1,8 +1,10 @@
 """The HTTP/1.1 connection: an asyncio Protocol on uvloop with httptools' parser.
 
-`data_received` only feeds the parser; the callbacks build a Request per message and queue it.
-One runner task per connection answers the queue in order (pipelining), so responses leave in
-the order requests arrived. Reading pauses when a body buffer or the queue is full and resumes
+`data_received` only feeds the parser. Its callbacks for each message's head run in C (the
+base class, callfs/_native/httphead.pyx), which answers a plain read of a cached file itself
+(the hot path) and hands every other message here as a Request, queued. One runner task per
+connection answers the queue in order (pipelining), so responses leave in the order requests
+arrived; bodies go out through sending.BodySender. Reading pauses when a body buffer or the queue is full and resumes
 as the handler drains it; writing waits on `pause_writing`/`resume_writing`.
 
 Deadlines are fields that a server-wide sweeper checks once a second: the request head must
@@ -19,7 +21,6 @@ dropped. A graceful stop lets a transfer finish within the drain deadline.
 """
 import asyncio
 import logging
-import os
 from collections import deque
 
 import httptools
@@ -27,9 +28,10 @@ import httptools
 from callfs._native.httphead import PAUSE_BROKEN as _PAUSE_BROKEN
 from callfs._native.httphead import HeadState
 from callfs._native.httphead import Reject as _Reject
-from callfs._native.stream import SpliceSink, send_file
+from callfs._native.stream import SpliceSink
 from callfs.core.errors import BadRequest, ClientGone
 from callfs.http.request import Body, Request
+from callfs.http.sending import BodySender
 from callfs.http.response import Response, date_header, status_line
 
 log = logging.getLogger("callfs.http")
@@ -37,7 +39,6 @@ log = logging.getLogger("callfs.http")
 MAX_PIPELINE = 32
 DISCARD_LIMIT = 1024 * 1024
 LINGER = 2.0
-FILE_CHUNK = 256 * 1024
 SPLICE_MIN = 64 * 1024  # bodies above this wait in the socket for the handler
 
 _PAUSE_BODY = 1
@@ -64,7 +65,7 @@ def _rejection_bytes(status: int) -> bytes:
             + b"Content-Length: %d\r\n" % len(text) + _CLOSE + b"\r\n" + text)
 
 
-class HttpProtocol(HeadState, asyncio.Protocol):
+class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
     def __init__(self, state):
         self.state = state
         self.app = state.app
@@ -286,19 +287,6 @@ class HttpProtocol(HeadState, asyncio.Protocol):
         self._clear_pause(_PAUSE_SPLICE)
         return moved
 
-    async def _wait_readable(self) -> None:
-        if self._dup_fd < 0:
-            self._dup_fd = os.dup(self._sock_fd)
-        waiter = self.loop.create_future()
-        self._read_waiter = waiter
-        self.loop.add_reader(self._dup_fd, _set_once, waiter)
-        try:
-            await waiter
-        finally:
-            self._read_waiter = None
-            if self._dup_fd >= 0:
-                self.loop.remove_reader(self._dup_fd)
-
     # -- writing ------------------------------------------------------------------------------
 
     def pause_writing(self):
@@ -470,73 +458,6 @@ class HttpProtocol(HeadState, asyncio.Protocol):
         self._pause = _PAUSE_BROKEN  # ignore whatever arrives; reading stays on
         self.loop.call_later(LINGER, self.close)
 
-    async def _send_stream(self, stream, chunked: bool) -> None:
-        async for chunk in stream:
-            if not chunk:
-                continue
-            if chunked:
-                self.transport.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
-            else:
-                self.transport.write(chunk)
-            await self._drain()
-        if chunked:
-            self.transport.write(b"0\r\n\r\n")
-
-    async def _send_file(self, fd: int, offset: int, count: int) -> None:
-        if self._sock_fd < 0:
-            await self._send_file_buffered(fd, offset, count)
-            return
-        while count > 0:
-            if self.closed:
-                raise ClientGone()
-            if self.transport.get_write_buffer_size() == 0:
-                try:
-                    sent = send_file(self._sock_fd, fd, offset, count)
-                except OSError:
-                    raise ClientGone() from None
-                if sent == 0:
-                    raise ClientGone()  # the file shrank under us: the length promised is wrong
-                if sent > 0:
-                    offset += sent
-                    count -= sent
-                    self._stall_since = 0.0
-                    continue
-            await self._wait_writable()
-
-    async def _send_file_buffered(self, fd: int, offset: int, count: int) -> None:
-        while count > 0:
-            chunk = os.pread(fd, min(count, FILE_CHUNK), offset)
-            if not chunk:
-                raise ClientGone()
-            self.transport.write(chunk)
-            offset += len(chunk)
-            count -= len(chunk)
-            await self._drain()
-
-    async def _wait_writable(self) -> None:
-        """Readiness of the transport's socket through a duplicate descriptor: the event loop
-        refuses a second watcher on the transport's own descriptor."""
-        if self._dup_fd < 0:
-            self._dup_fd = os.dup(self._sock_fd)
-        if not self._stall_since:
-            self._stall_since = self.loop.time()
-        waiter = self.loop.create_future()
-        self._drain_waiter = waiter
-        self.loop.add_writer(self._dup_fd, _set_once, waiter)
-        try:
-            await waiter
-        finally:
-            self._drain_waiter = None
-            if self._dup_fd >= 0:
-                self.loop.remove_writer(self._dup_fd)
-
-    def _release_dup(self) -> None:
-        if self._dup_fd >= 0:
-            self.loop.remove_writer(self._dup_fd)
-            self.loop.remove_reader(self._dup_fd)
-            os.close(self._dup_fd)
-            self._dup_fd = -1
-
     # -- deadlines ----------------------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> None:
@@ -576,7 +497,3 @@ class HttpProtocol(HeadState, asyncio.Protocol):
         if self._idle_since or (not self.pipeline and self._current is None and not self._in_head):
             self.close()
 
-
-def _set_once(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

@@ -1,0 +1,102 @@
+"""Moving bodies between the connection's socket and files: a download by sendfile (or in
+bounded chunks over TLS), a stream, and the readiness waits they and a spliced upload need.
+
+The transport owns the socket, and the event loop refuses a second watcher on its descriptor:
+readiness is watched on a duplicate (`_dup_fd`), made on first use and released with the
+connection. A mixin of HttpProtocol, whose fields (`transport`, `loop`, `closed`, `_sock_fd`,
+`_dup_fd`, `_stall_since`, the waiters) and `_drain` it uses.
+"""
+import asyncio
+import os
+
+from callfs._native.stream import send_file
+from callfs.core.errors import ClientGone
+
+FILE_CHUNK = 256 * 1024  # bytes per read of a download that cannot go by sendfile (TLS)
+
+
+class BodySender:
+    async def _send_stream(self, stream, chunked: bool) -> None:
+        async for chunk in stream:
+            if not chunk:
+                continue
+            if chunked:
+                self.transport.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
+            else:
+                self.transport.write(chunk)
+            await self._drain()
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
+
+    async def _send_file(self, fd: int, offset: int, count: int) -> None:
+        if self._sock_fd < 0:
+            await self._send_file_buffered(fd, offset, count)
+            return
+        while count > 0:
+            if self.closed:
+                raise ClientGone()
+            if self.transport.get_write_buffer_size() == 0:
+                try:
+                    sent = send_file(self._sock_fd, fd, offset, count)
+                except OSError:
+                    raise ClientGone() from None
+                if sent == 0:
+                    raise ClientGone()  # the file shrank under us: the length promised is wrong
+                if sent > 0:
+                    offset += sent
+                    count -= sent
+                    self._stall_since = 0.0
+                    continue
+            await self._wait_writable()
+
+    async def _send_file_buffered(self, fd: int, offset: int, count: int) -> None:
+        while count > 0:
+            chunk = os.pread(fd, min(count, FILE_CHUNK), offset)
+            if not chunk:
+                raise ClientGone()
+            self.transport.write(chunk)
+            offset += len(chunk)
+            count -= len(chunk)
+            await self._drain()
+
+    async def _wait_writable(self) -> None:
+        """Readiness of the transport's socket through a duplicate descriptor: the event loop
+        refuses a second watcher on the transport's own descriptor."""
+        if self._dup_fd < 0:
+            self._dup_fd = os.dup(self._sock_fd)
+        if not self._stall_since:
+            self._stall_since = self.loop.time()
+        waiter = self.loop.create_future()
+        self._drain_waiter = waiter
+        self.loop.add_writer(self._dup_fd, _set_once, waiter)
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+            if self._dup_fd >= 0:
+                self.loop.remove_writer(self._dup_fd)
+
+    def _release_dup(self) -> None:
+        if self._dup_fd >= 0:
+            self.loop.remove_writer(self._dup_fd)
+            self.loop.remove_reader(self._dup_fd)
+            os.close(self._dup_fd)
+            self._dup_fd = -1
+
+    async def _wait_readable(self) -> None:
+        if self._dup_fd < 0:
+            self._dup_fd = os.dup(self._sock_fd)
+        waiter = self.loop.create_future()
+        self._read_waiter = waiter
+        self.loop.add_reader(self._dup_fd, _set_once, waiter)
+        try:
+            await waiter
+        finally:
+            self._read_waiter = None
+            if self._dup_fd >= 0:
+                self.loop.remove_reader(self._dup_fd)
+
+
+def _set_once(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
