@@ -34,6 +34,7 @@ _NOTICE_RETRY_MAX = 1.0   # cap of the pause between attempts to reach a lost pu
 _NOTICE_STALE = 5.0       # a pub/sub health check unanswered this long means a dead connection
 _CLOSE_ROUNDS = 20        # close: rounds of cancelling the background tasks, each waiting
 _CLOSE_ROUND = 0.1        # this long for them to finish
+_RUN = 64                 # locks one script call tries to take (a directory move takes many)
 
 # KEYS[1] the lock, KEYS[2] the fencing counter; ARGV token, ttl in ms, "1" to draw a fence.
 # Finding our own token counts as success: a retried SET whose first reply was lost must not
@@ -45,6 +46,22 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 if ARGV[3] == '1' then return redis.call('INCR', KEYS[2]) end
 return 0
+"""
+
+# KEYS the next locks of one acquisition, in its order, then the fencing counter; ARGV token,
+# ttl in ms, "1" to draw a fence once every one is taken. Takes the locks in order and stops at
+# the first that is another's; returns {how many it took, the fence or 0}. Our own token counts
+# as taken, as in _ACQUIRE.
+_ACQUIRE_RUN = """
+local last = #KEYS - 1
+for i = 1, last do
+  if not redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    if redis.call('GET', KEYS[i]) ~= ARGV[1] then return {i - 1, 0} end
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+if ARGV[3] == '1' then return {last, redis.call('INCR', KEYS[#KEYS])} end
+return {last, 0}
 """
 
 # KEYS[1] the fencing counter; ARGV floor. The counter never goes back.
@@ -125,7 +142,7 @@ class RedisLease:
         self.token = token
         self.fence = 0
         self._held: list[bytes] = []
-        self._pending: bytes | None = None   # the key whose SET may be on the wire
+        self._pending: list[bytes] = []     # the keys whose SET may be on the wire
         self._lost = False
         self._valid_until = 0.0     # monotonic time until which every held key surely lives
         self._released = False
@@ -151,9 +168,14 @@ class RedisLease:
         await asyncio.shield(self._manager._spawn_release(self._taken(), self.token))
 
     def _taken(self) -> list[bytes]:
-        if self._pending is not None and self._pending not in self._held:
-            return self._held + [self._pending]
-        return list(self._held)
+        held = set(self._held)
+        return self._held + [name for name in self._pending if name not in held]
+
+    def _add(self, names: list[bytes], sent: float) -> None:
+        """`names` are ours since a SET sent at `sent`."""
+        if names and not self._held:
+            self._valid_until = sent + self._manager.ttl
+        self._held.extend(names)
 
 
 class RedisLockManager:
@@ -183,6 +205,7 @@ class RedisLockManager:
             max_connections=max_connections, timeout=io_timeout, client_name=client_name)
         self._redis = Redis.from_pool(pool)
         self._acquire_script = self._redis.register_script(_ACQUIRE)
+        self._acquire_run_script = self._redis.register_script(_ACQUIRE_RUN)
         self._renew_script = self._redis.register_script(_RENEW)
         self._release_script = self._redis.register_script(_RELEASE)
         self._raise_fence_script = self._redis.register_script(_RAISE_FENCE)
@@ -264,12 +287,28 @@ class RedisLockManager:
             if not names:
                 lease.fence = await self._call(self._redis.incr(self._fence_key))
                 lease._valid_until = float("inf")
-            for index, name in enumerate(names):
-                fence, sent = await self._take(lease, name, deadline, index == len(names) - 1)
-                if not lease._held:
-                    lease._valid_until = sent + self.ttl
-                lease._held.append(name)
+            index = 0
+            while index < len(names):
+                # Free keys go in runs, one round trip each; the first that is another's is
+                # waited for alone. Either way every key is taken in the one global order.
+                run = names[index:index + _RUN]
+                final = index + len(run) == len(names)
+                lease._pending = run
+                sent = time.monotonic()
+                taken, fence = await self._call(self._acquire_run_script(
+                    keys=run + [self._fence_key],
+                    args=(lease.token, self._ttl_ms, "1" if final else "0")))
+                lease._add(run[:taken], sent)
+                lease._pending = []
+                index += taken
+                if taken == len(run):
+                    lease.fence = int(fence)
+                    continue
+                fence, sent = await self._take(lease, names[index], deadline,
+                                               index == len(names) - 1)
+                lease._add([names[index]], sent)
                 lease.fence = fence
+                index += 1
             if lease.lost:
                 # An earlier key lapsed while a later one was awaited (Redis was away too long).
                 raise LockLost()
@@ -284,15 +323,9 @@ class RedisLockManager:
 
     async def _take(self, lease: RedisLease, name: bytes, deadline: float | None,
                     fence: bool) -> tuple[int, float]:
-        """Set one key, waiting while another holds it; returns (fence or 0, time of the SET)."""
+        """Set one key that was just found another's, waiting while it is; returns (fence or
+        0, time of the SET)."""
         keys, args = [name, self._fence_key], (lease.token, self._ttl_ms, "1" if fence else "0")
-        lease._pending = name  # from here until a reply says no, the key may be ours
-        sent = time.monotonic()
-        result = await self._call(self._acquire_script(keys=keys, args=args))
-        if result is not None:
-            lease._pending = None
-            return int(result), sent
-        lease._pending = None
         self._watch(name)
         try:
             delay = _POLL_FIRST
@@ -310,10 +343,10 @@ class RedisLockManager:
                     async with asyncio.timeout(pause):
                         await wake.wait()
                 delay = min(delay * 2, self._poll_max)
-                lease._pending = name
+                lease._pending = [name]  # until a reply says no, the key may be ours
                 sent = time.monotonic()
                 result = await self._call(self._acquire_script(keys=keys, args=args))
-                lease._pending = None
+                lease._pending = []
                 if result is not None:
                     return int(result), sent
         finally:

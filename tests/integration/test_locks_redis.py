@@ -228,6 +228,41 @@ def test_opposite_order_holders_do_not_deadlock(ns):
     run(body())
 
 
+
+async def _script_calls(raw) -> int:
+    stats = await raw.info("commandstats")
+    return sum(stats.get(name, {}).get("calls", 0)
+               for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def test_many_keys_go_in_runs_and_wait_for_one_held_in_the_middle(ns):
+    """A directory move's thousand keys take a few round trips, not a thousand; a key another
+    holds stops the run there: what came before it stays taken, the rest follows its release."""
+    async def body():
+        raw = ns.raw()
+        keys = [f"file:/big/{i:04d}" for i in range(1000)]
+        async with opened(ns.manager(), ns.manager()) as (holder, mover):
+            before = await _script_calls(raw)
+            async with mover.hold(keys, 5) as lease:
+                assert await _script_calls(raw) - before <= len(keys) // 64 + 5
+                assert set(await raw.mget([ns.key(k) for k in keys])) == {lease.token}
+                first_fence = lease.fence
+            blocker = await holder.acquire([keys[500]], 5)
+            waiting = asyncio.create_task(mover.acquire(keys, 5))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            assert await raw.get(ns.key(keys[499])) is not None  # taken before the held one
+            assert await raw.get(ns.key(keys[501])) is None       # not before its release
+            await blocker.release()
+            lease = await waiting
+            assert set(await raw.mget([ns.key(k) for k in keys])) == {lease.token}
+            assert first_fence < blocker.fence < lease.fence
+            await lease.release()
+            assert await raw.exists(*[ns.key(k) for k in keys]) == 0
+        await raw.aclose()
+    run(body())
+
+
 # -- waiting -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["other manager", "same manager"])
