@@ -3,6 +3,7 @@
 Every store (SQLite, PostgreSQL) implements the same operations with the same guarantees:
 a creation is atomic with the creation of its missing ancestors, and a path is unique.
 """
+import asyncio
 from typing import Protocol
 
 from callfs.core import errors
@@ -19,6 +20,25 @@ def _publish_bytes(publish) -> None:
         raise
     except Exception as exc:
         raise errors.InternalError("the bytes could not be moved or removed") from exc
+
+
+async def wait_out(awaitable) -> tuple:
+    """Await a commit to its end even when the caller is cancelled meanwhile: the database
+    commits or not regardless, and the bytes the caller wrote must follow what happened.
+    Returns (result, whether a cancellation was held back); the caller delivers it again
+    (`asyncio.current_task().cancel()`) once nothing it still must do can be interrupted.
+    When the commit failed, the cancellation is delivered at once (the caller undoes anyway)."""
+    future = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled and (future.cancelled() or future.exception() is not None):
+        asyncio.current_task().cancel()
+        cancelled = False
+    return future.result(), cancelled
 
 
 class MetadataStore(Protocol):

@@ -18,6 +18,7 @@ import asyncpg
 from callfs.core import errors
 from callfs.core.model import DIRECTORY, Inode, NewInode, now_ns
 from callfs.metadata.base import _publish_bytes as _publish
+from callfs.metadata.base import wait_out
 from callfs.metadata.migrate import migration_files
 
 # Serialises migrations of every CallFS instance that starts against the same database.
@@ -391,8 +392,12 @@ class PostgresStore:
                         except Exception:
                             pass  # a dead connection rolls back by itself; the pool drops it
                         raise
-                    await tx.commit()
-                    return result
+                    # Once COMMIT is sent, its outcome decides what the caller's bytes do: a
+                    # cancellation meanwhile waits for it, and for the connection's release.
+                    _, cancelled = await wait_out(tx.commit())
+                if cancelled:
+                    asyncio.current_task().cancel()
+                return result
             except (_Rerun, *_RERUN) as exc:
                 attempt += 1
                 if attempt >= _ATTEMPTS:

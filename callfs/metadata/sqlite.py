@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from callfs.core import errors
 from callfs.core.model import DIRECTORY, Inode, NewInode, now_ns, parse_rfc3339, rfc3339_nanos
 from callfs.metadata.base import _publish_bytes as _publish
+from callfs.metadata.base import wait_out
 from callfs.metadata.migrate import migration_files, split_statements
 
 _COLUMNS = ("id, path, parent_id, name, type, size, mode, owner, group_name, mtime, ctime, "
@@ -200,7 +201,14 @@ class SQLiteStore:
                         raise
             finally:
                 self._write_lock.release()
-        return await self._run(self._transaction, fn, *args)
+        # The thread commits or not whatever happens to the caller: wait for its outcome.
+        # Nothing between here and the caller's use of it can be interrupted, so a held-back
+        # cancellation is delivered at once (it strikes at the caller's next wait).
+        result, cancelled = await wait_out(asyncio.get_running_loop().run_in_executor(
+            self._pool, self._transaction, fn, *args))
+        if cancelled:
+            asyncio.current_task().cancel()
+        return result
 
     async def create(self, ancestors: list[NewInode], entry: NewInode,
                      anchor: tuple[int, str] | None = None) -> Inode:

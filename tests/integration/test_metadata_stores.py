@@ -834,3 +834,58 @@ def test_pg_opens_a_database_left_by_the_reference_at_version_3(pg):
         assert await store.get_many(["/", "/old.txt", "/new/file.txt"]) == before
     pg.run(reopened)
     assert pg.query("SELECT version, dirty FROM schema_migrations") == [(LATEST, False)]
+
+
+def test_a_cancelled_sqlite_write_learns_its_outcome_first(tmp_path):
+    """The writer thread commits whatever happens to its caller. A caller cancelled while it
+    waits gets the transaction's outcome first (so the bytes it wrote can follow it), and the
+    cancellation right after."""
+    async def body():
+        where = str(tmp_path / "meta.db")
+        store = SQLiteStore(where)
+        await store.open()
+        blocker = sqlite3.connect(where, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer thread waits for this lock
+        seen = {}
+
+        async def write():
+            seen["created"] = await make(store, "/d/f")
+
+        task = asyncio.create_task(write())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert not task.done()  # still waiting for the thread
+        blocker.execute("COMMIT")
+        blocker.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen["created"].path == "/d/f"
+        assert (await store.get("/d/f")).id == seen["created"].id
+        await store.close()
+    run(body())
+
+
+def test_a_cancelled_postgres_commit_is_waited_out(pg):
+    """A caller cancelled while its COMMIT is on the wire waits for the outcome (here a
+    deferred trigger makes the commit take half a second) before the cancellation reaches it."""
+    pg.run(lambda store: asyncio.sleep(0))  # the schema's tables
+    pg.query("CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+             "$$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$")
+    pg.query("CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON inodes "
+             "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()")
+
+    async def body(store):
+        seen = {}
+
+        async def write():
+            seen["created"] = await make(store, "/f")
+
+        task = asyncio.create_task(write())
+        await asyncio.sleep(0.25)  # inside the commit
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen["created"].path == "/f"
+        assert (await store.get("/f")).id == seen["created"].id
+    pg.run(body)
