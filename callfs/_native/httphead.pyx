@@ -12,8 +12,7 @@ everything else goes to the connection's `head_complete` (the general route). Li
 GET/HEAD of a file the metadata cache holds, or None to take the general route. What it writes
 is built once per content version (`HotFile`, by the Python `prepare` it is given).
 
-The plain-Python specifications are tests/unit/httphead_oracle.py and
-tests/unit/hotpath_oracle.py.
+The plain-Python specification of both is tests/unit/httphead_oracle.py.
 """
 import os
 
@@ -109,7 +108,7 @@ cdef bytes _date_line = b""
 cdef object _format_date = None
 
 
-cdef inline bytes _date() :
+cdef inline bytes _date():
     global _date_second, _date_line
     cdef time_t now = time(NULL)
     if now != _date_second:
