@@ -258,6 +258,7 @@ cdef class HeadState:
         if self._session is not None or self._pause & _PAUSE_BROKEN:
             self.received_outside_http(data)
             return
+        # One clock read per arrival: the head's callbacks below stamp their deadlines with it.
         self._last_read = self.loop.time()
         cdef bint was_in_head = self._in_head
         try:
@@ -273,7 +274,7 @@ cdef class HeadState:
 
     def on_message_begin(self):
         self._in_head = True
-        self._head_start = self.loop.time()
+        self._head_start = self._last_read
         self._idle_since = 0.0
         self._url = b""
         self._headers = {}
@@ -320,7 +321,7 @@ cdef class HeadState:
                         body, hot.pending = hot.pending, None
                         self.transport.writelines((data, body))
                     self._answered = True
-                    self._idle_since = self.loop.time()
+                    self._idle_since = self._last_read
                     return
         self._idle_since = 0.0
         self.head_complete()

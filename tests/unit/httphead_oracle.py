@@ -113,7 +113,7 @@ class HeadState:
 
     def on_message_begin(self):
         self._in_head = True
-        self._head_start = self.loop.time()
+        self._head_start = self._last_read
         self._idle_since = 0.0
         self._url = b""
         self._headers = {}
@@ -148,7 +148,7 @@ class HeadState:
                 if data is not None:
                     self.transport.write(data)
                     self._answered = True
-                    self._idle_since = self.loop.time()
+                    self._idle_since = self._last_read
                     return
         self._idle_since = 0.0
         self.head_complete()
