@@ -10,7 +10,7 @@ cdef class HotFile:
 
 
 cdef class HotPath:
-    cdef object auth, engine, store, identify, may_read, prepare, instance_id
+    cdef object engine, store, identify, may_read, prepare, instance_id
     cdef dict known
     cdef GenerationTable table
     cdef bytes security, hsts

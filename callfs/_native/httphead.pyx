@@ -134,7 +134,6 @@ cdef class HotPath:
     def __init__(self, *, auth, engine, bytes security not None, bytes hsts not None,
                  prepare, may_read, format_date):
         global _format_date
-        self.auth = auth
         self.engine = engine
         self.store = engine.store
         self.table = getattr(self.store, "table", None)  # None: no cache, no hot path

@@ -245,17 +245,17 @@ class LocalRemoval:
             dir_fd, name = self.backend._parent(self.path, False)
         except errors.NotFound:
             return  # no bytes at the path
+        if _is_dir(name, dir_fd):  # not a file's bytes: not ours to take
+            os.close(dir_fd)
+            return
+        aside = tmp_name(name)
         try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                raise FileNotFoundError(name)  # not a file's bytes: not ours to take
-            aside = tmp_name(name)
             os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             if self.backend.durable:
                 os.fsync(dir_fd)
         except FileNotFoundError:
             os.close(dir_fd)
-            return
+            return  # no bytes at the path
         except BaseException:
             os.close(dir_fd)
             raise
@@ -531,3 +531,7 @@ class Leftover:
         self.same = same
         self.parent = parent
         self.digest = digest
+
+    def written_for(self, name: str) -> bool:
+        """Whether this staged file belongs to the entry `name` of its directory."""
+        return f"{fnv1a(name):016x}" == self.digest

@@ -12,7 +12,6 @@ import logging
 import msgspec
 from collections.abc import Callable
 
-from callfs._native.generations import fnv1a
 from callfs._native.pathnorm import ancestors
 from callfs.core import errors, moves, permissions
 from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
@@ -456,8 +455,8 @@ async def _deleted_entry(engine: "Engine", name: str, backend, item) -> str | No
     if restore is None or parent is None or parent.type != DIRECTORY:
         return None
     for child in await engine.store.list_children(parent):
-        if (child.type == FILE and child.backend == name and f"{fnv1a(child.name):016x}" ==
-                item.digest and backend.disk_version(child.path) is None):
+        if (child.type == FILE and child.backend == name and item.written_for(child.name)
+                and backend.disk_version(child.path) is None):
             return child.path
     return None
 
@@ -465,11 +464,15 @@ async def _deleted_entry(engine: "Engine", name: str, backend, item) -> str | No
 async def _recover_one(engine: "Engine", name: str, backend, item, fence: int,
                        deleted: bool = False) -> None:
     record = await engine.store.get(item.target)
-    if (deleted and record is not None and record.type == FILE and record.backend == name
-            and backend.disk_version(item.target) is None
-            and backend.restore_removed(item.tmp, item.target)):
-        log.info("put back the bytes of a deletion that did not commit",
-                 extra={"path": item.target})
+    if deleted:
+        # Still recorded and the name still free: the deletion never committed.
+        if (record is not None and record.type == FILE and record.backend == name
+                and backend.disk_version(item.target) is None
+                and backend.restore_removed(item.tmp, item.target)):
+            log.info("put back the bytes of a deletion that did not commit",
+                     extra={"path": item.target})
+        else:
+            backend.remove_temporary(item.tmp)
         return
     disk = backend.disk_version(item.target)
     if record is None or record.type != FILE or record.backend != name:

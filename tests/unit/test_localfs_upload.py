@@ -2,6 +2,7 @@
 nothing, and taking back a write never removes a newer writer's bytes."""
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -142,3 +143,18 @@ def test_recovery_restores_bytes_set_aside_only_into_a_free_name(backend):
     os.unlink(backend.disk_path("/d/f"))
     assert backend.restore_removed(aside, "/d/f")
     assert content(backend, "/d/f") == b"bytes"
+
+
+def test_leftovers_while_serving_are_only_old_ones_or_older_than_the_server(backend):
+    """A pass while serving skips a staged file younger than `min_age` unless it predates the
+    server's start (a write in flight may hold its lock under a path a move changed since)."""
+    upload = backend.begin_write("/d/f", new=True)
+    upload.write(b"in flight")
+    now = time.time_ns()
+    assert [item.target for item in backend.leftovers(0.0)] == [None]
+    assert backend.leftovers(60.0, started_ns=now - 10 ** 9) == []
+    found = backend.leftovers(60.0, started_ns=now + 10 ** 9)
+    assert len(found) == 1 and found[0].parent == "/d" and found[0].written_for("f")
+    assert not found[0].written_for("g")
+    upload.abort()
+    assert backend.leftovers(0.0) == []
