@@ -27,5 +27,5 @@ cdef class HeadState:
     cdef public dict _headers
     cdef public Py_ssize_t _fields, _head_size, _head_fed
     cdef public bint _in_head, _plain, _answered
+    cdef public bint _outside  # the parser is done with this connection (refused, upgraded)
     cdef public double _head_start, _idle_since, _last_read
-    cdef public int _pause

@@ -29,8 +29,30 @@ MAX_FIELDS = 1000        # header lines: 431 beyond
 cdef Py_ssize_t _MAX_URL = MAX_URL
 cdef Py_ssize_t _MAX_HEAD = MAX_HEAD
 cdef Py_ssize_t _MAX_FIELDS = MAX_FIELDS
-PAUSE_BROKEN = 4  # the connection's pause flag for a message the parser refused
-cdef int _PAUSE_BROKEN = PAUSE_BROKEN
+
+cdef tuple _VERSIONS = ("1.1", "1.0")  # the HTTP versions served; others are answered 505
+
+
+def origin_form(bytes url not None):
+    """The origin form of an absolute-form request target (RFC 9112 §3.2.2: a server MUST
+    accept it): `http://host:port/p?q` is served as `/p?q`. Other targets come back unchanged
+    (an asterisk or authority form, or a relative path: the general route refuses them)."""
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(url), start, i
+    cdef const char* raw = PyBytes_AS_STRING(url)
+    lowered = url[:8].lower()
+    if lowered.startswith(b"http://"):
+        start = 7
+    elif lowered.startswith(b"https://"):
+        start = 8
+    else:
+        return url
+    for i in range(start, size):
+        if raw[i] == 47:  # '/'
+            return url[i:]
+        if raw[i] == 63:  # '?': an empty path is "/"
+            return b"/" + url[i:]
+    return b"/"
+
 
 # Request headers that send a GET/HEAD down the general route (the hot path answers only
 # plain reads).
@@ -254,7 +276,7 @@ cdef class HeadState:
     in the .pxd are its parse state."""
 
     def data_received(self, bytes data not None):
-        if self._session is not None or self._pause & _PAUSE_BROKEN:
+        if self._outside:
             self.received_outside_http(data)
             return
         # One clock read per arrival: the head's callbacks below stamp their deadlines with it.
@@ -306,10 +328,16 @@ cdef class HeadState:
         self._in_head = False
         cdef bytes method, data, body
         cdef HotPath hot
+        if PyBytes_GET_SIZE(self._url) and PyBytes_AS_STRING(self._url)[0] != 47:  # '/'
+            self._url = origin_form(self._url)
         if self._plain and self.hot is not None and not self.pipeline:
             parser = self.parser
             method = parser.get_method()
+            # Keep-alive without a Connection header is HTTP/1.1 (llhttp's rule); with one,
+            # the version is asked (HTTP/2.0 and 0.9 parse, and are refused by the general route).
             if ((method == b"GET" or method == b"HEAD") and parser.should_keep_alive()
+                    and (b"connection" not in self._headers
+                         or parser.get_http_version() in _VERSIONS)
                     and not self.state.draining):
                 hot = self.hot
                 data = hot._answer(method, self._url, self._headers, self.tls)

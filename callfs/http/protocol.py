@@ -4,8 +4,11 @@
 base class, callfs/_native/httphead.pyx), which answers a plain read of a cached file itself
 (the hot path) and hands every other message here as a Request, queued. One runner task per
 connection answers the queue in order (pipelining), so responses leave in the order requests
-arrived; bodies go out through sending.BodySender. Reading pauses when a body buffer or the queue is full and resumes
-as the handler drains it; writing waits on `pause_writing`/`resume_writing`.
+arrived; bodies go out through sending.BodySender. Whether the socket is read is the
+connection's ReadGate's (flow.py) alone: every pause has a named reason, held by one pending
+piece of work and given back when that work ends (a body's whole, a splice done, the queue
+drained); `stray_pauses` names any reason nothing holds, which the sweep reports and repairs.
+Writing waits on `pause_writing`/`resume_writing`.
 
 Deadlines are fields that a server-wide sweeper checks once a second: the request head must
 arrive within read_timeout (slowloris), a body may not pause longer than read_timeout, a
@@ -25,11 +28,11 @@ from collections import deque
 
 import httptools
 
-from callfs._native.httphead import PAUSE_BROKEN as _PAUSE_BROKEN
 from callfs._native.httphead import HeadState
 from callfs._native.httphead import Reject as _Reject
 from callfs._native.stream import SpliceSink
 from callfs.core.errors import BadRequest, ClientGone
+from callfs.http import flow
 from callfs.http.request import Body, Request
 from callfs.http.sending import BodySender
 from callfs.http.response import Response, date_header, status_line
@@ -41,9 +44,12 @@ DISCARD_LIMIT = 1024 * 1024
 LINGER = 2.0
 SPLICE_MIN = 64 * 1024  # bodies above this wait in the socket for the handler
 
-_PAUSE_BODY = 1
-_PAUSE_PIPELINE = 2
-_PAUSE_SPLICE = 8  # the body moves by splice: the transport must not read
+STRAY_PAUSE = "connection paused with nothing pending"  # the log event (a lost wake-up)
+VERSIONS = ("1.1", "1.0")  # the request versions served; others are answered 505
+
+# llhttp's words for the messages it refuses that a strict server answers other than 400.
+_PARSER_STATUS = {"Invalid HTTP version": 505, "Request has invalid `Transfer-Encoding`": 501,
+                  "Invalid `Transfer-Encoding` header value": 501}
 
 _CLOSE = b"Connection: close\r\n"
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
@@ -80,7 +86,9 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         self.peer = None
         self._sock_fd = -1
         self._dup_fd = -1
-        self._pause = 0
+        self.gate = flow.ReadGate(self.loop.time)
+        self._outside = False   # bytes no longer go to the parser (refused, upgraded)
+        self._splicing = None   # the body moving by splice, while it does
         # message being parsed
         self._current: Request | None = None
         self._url = b""
@@ -108,6 +116,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.gate.attach(transport)
         sock = transport.get_extra_info("socket")
         self._sock_fd = sock.fileno() if sock is not None and not self.tls else -1
         self.peer = transport.get_extra_info("peername")
@@ -155,29 +164,39 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         if isinstance(exc, httptools.HttpParserUpgrade):
             self._upgrade = True
             self._upgrade_tail = data[exc.args[0]:] if exc.args else b""
-            self._set_pause(_PAUSE_BROKEN)
+            self._outside = True
+            self.gate.pause(flow.UPGRADE)
         elif isinstance(exc, _Reject):
             self._parse_failed(exc.status)
         elif isinstance(exc, httptools.HttpParserError):
             ctx = exc.__context__
-            self._parse_failed(ctx.status if isinstance(ctx, _Reject) else 400)
+            if isinstance(ctx, _Reject):
+                self._parse_failed(ctx.status)
+            else:
+                self._parse_failed(_PARSER_STATUS.get(str(exc), 400))
         else:
             raise exc
 
     def head_complete(self) -> None:
         """A message's head for the general route: queue its Request for the runner."""
         headers = self._headers
+        parser = self.parser
+        if parser.get_http_version() not in VERSIONS:
+            raise _Reject(505)  # HTTP/2.0 and HTTP/0.9 request lines parse: not served here
         length = headers.get(b"content-length")
-        if length is not None and b"transfer-encoding" in headers:
-            raise _Reject(400)  # request smuggling: never trust both
+        coding = headers.get(b"transfer-encoding")
+        if coding is not None:
+            if length is not None:
+                raise _Reject(400)  # request smuggling: never trust both
+            if coding.strip().lower() != b"chunked":
+                raise _Reject(501)  # RFC 9112 §6.1: a transfer coding not understood
         expected = None
         if length is not None:
             if not length.isdigit():
                 raise _Reject(400)
             expected = int(length)
-        elif b"transfer-encoding" not in headers:
+        elif coding is None:
             expected = 0
-        parser = self.parser
         body = Body(self, expected)
         request = Request(parser.get_method(), self._url, headers, self._fields,
                           parser.should_keep_alive(), body, self.tls, self.peer)
@@ -186,11 +205,11 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         elif expected is not None and expected > SPLICE_MIN and self._sock_fd >= 0:
             # Leave a large body in the socket until the handler asks: then it can move by
             # splice instead of through Python (only what came with the head is read now).
-            self._set_pause(_PAUSE_BODY)
+            self.gate.pause(flow.BODY)
         self._current = request
         self.pipeline.append(request)
         if len(self.pipeline) > MAX_PIPELINE:
-            self._set_pause(_PAUSE_PIPELINE)
+            self.gate.pause(flow.PIPELINE)
         if self.runner is None:
             self.runner = self.loop.create_task(self._run())
 
@@ -202,39 +221,67 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         if request is not None:
             request.body.finish()
             self._current = None
+        # The body is whole: nothing of it waits in the socket any more, whether or not its
+        # handler ever reads it (an early answer reads none).
+        self.gate.resume(flow.BODY)
 
     def _parse_failed(self, status: int) -> None:
-        self._set_pause(_PAUSE_BROKEN)
+        self._outside = True
+        self.gate.pause(flow.REFUSED)
         current = self._current
         if current is not None and current.body is not None and not self._in_head:
             # A body that breaks the framing (bad chunk size): its handler fails with 400.
             current.body.fail(BadRequest("malformed request body"))
             current.keep_alive = False
             self._current = None
+            self.gate.resume(flow.BODY)
             return
         self._in_head = False
         self.pipeline.append(_Rejection(status))
         if self.runner is None:
             self.runner = self.loop.create_task(self._run())
 
-    def _set_pause(self, flag: int) -> None:
-        if not self._pause and not self.closed:
-            self.transport.pause_reading()
-        self._pause |= flag
+    def _resume(self, reason: int) -> None:
+        if self.gate.resume(reason):
+            self._last_read = self.loop.time()
 
-    def _clear_pause(self, flag: int) -> None:
-        if self._pause & flag:
-            self._pause &= ~flag
-            if not self._pause and not self.closed:
-                self._last_read = self.loop.time()
-                self.transport.resume_reading()
+    # Body flow control, called by Body: only the body being parsed is read from the socket.
+    def pause_body(self, body: Body) -> None:
+        current = self._current
+        if current is not None and current.body is body:
+            self.gate.pause(flow.BODY)
 
-    # Body flow control, called by Body.
-    def pause_body(self) -> None:
-        self._set_pause(_PAUSE_BODY)
+    def resume_body(self, body: Body) -> None:
+        current = self._current
+        if current is not None and current.body is body:
+            self._resume(flow.BODY)
 
-    def resume_body(self) -> None:
-        self._clear_pause(_PAUSE_BODY)
+    # The same for a WebSocket session's buffer.
+    def pause_session(self) -> None:
+        self.gate.pause(flow.SESSION)
+
+    def resume_session(self) -> None:
+        self._resume(flow.SESSION)
+
+    def stray_pauses(self) -> int:
+        """The reasons reading is paused for that no pending work holds: always 0 (a lost
+        wake-up otherwise, which would leave the next request unread in the socket)."""
+        held = self.gate.reasons
+        if not held or self.closed:
+            return 0
+        stray = 0
+        current = self._current
+        if held & flow.BODY and (current is None or current.body.ended):
+            stray |= flow.BODY
+        if held & flow.PIPELINE and len(self.pipeline) <= MAX_PIPELINE:
+            stray |= flow.PIPELINE
+        if held & flow.SPLICE and self._splicing is None:
+            stray |= flow.SPLICE
+        if held & (flow.REFUSED | flow.UPGRADE) and self.runner is None:
+            stray |= held & (flow.REFUSED | flow.UPGRADE)
+        if held & flow.SESSION and self._session is None:
+            stray |= flow.SESSION
+        return stray
 
     def body_wanted(self) -> None:
         """The handler starts reading the body: honour `Expect: 100-continue` now."""
@@ -252,9 +299,11 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         parser takes over at the next message, exactly where this body ended."""
         current = self._current
         if (self._sock_fd < 0 or self.closed or current is None or current.body is not body
-                or self._pause & _PAUSE_BROKEN or remaining <= 0):
+                or self._outside or remaining <= 0):
             return None
-        self._set_pause(_PAUSE_SPLICE)
+        self.gate.pause(flow.SPLICE)
+        self.gate.resume(flow.BODY)  # the handler reads it now (the gate stays shut)
+        self._splicing = body
         sink = SpliceSink()
         moved = 0
         try:
@@ -281,10 +330,11 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             raise
         finally:
             sink.close()
+            self._splicing = None
         self.parser = httptools.HttpRequestParser(self)
         self._current = None
         body.finish()
-        self._clear_pause(_PAUSE_SPLICE)
+        self._resume(flow.SPLICE)
         return moved
 
     # -- writing ------------------------------------------------------------------------------
@@ -338,7 +388,8 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
                     return
                 keep = await self._respond(item, response)
                 self.pipeline.popleft()
-                self._clear_pause(_PAUSE_PIPELINE)
+                if len(self.pipeline) <= MAX_PIPELINE:
+                    self._resume(flow.PIPELINE)
                 if not keep:
                     return
             if not self.pipeline and self._current is None and not self._in_head:
@@ -432,7 +483,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         session.attach(self)
         if tail:
             session.feed(tail)
-        self._clear_pause(_PAUSE_BROKEN)
+        self._resume(flow.UPGRADE)
         try:
             await session.serve()
         finally:
@@ -454,19 +505,24 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         except (OSError, RuntimeError, NotImplementedError):
             self.close()
             return
-        self._clear_pause(_PAUSE_BROKEN | _PAUSE_BODY | _PAUSE_PIPELINE)
-        self._pause = _PAUSE_BROKEN  # ignore whatever arrives; reading stays on
+        self._outside = True  # whatever arrives is dropped; reading goes on, for every reason
+        self.gate.resume(self.gate.reasons)
         self.loop.call_later(LINGER, self.close)
 
     # -- deadlines ----------------------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> None:
         state = self.state
+        stray = self.stray_pauses()
+        if stray:
+            log.error(STRAY_PAUSE,
+                      extra={"reasons": flow.describe(stray), "peer": str(self.peer)})
+            self._resume(stray)
         if self._session is not None:
             if (self._stall_since and state.write_timeout
                     and now - self._stall_since > state.write_timeout):
                 self.abort()
-            elif (self._session.awaiting_client and not self._pause
+            elif (self._session.awaiting_client and not self.gate.reasons
                     and now - self._last_read > state.idle_timeout):
                 self.abort()
             return
@@ -483,7 +539,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             self.abort()
             return
         current = self._current
-        reading = not self._pause or self._pause == _PAUSE_SPLICE
+        reading = not self.gate.reasons & ~flow.SPLICE
         if (current is not None and reading and state.read_timeout
                 and now - self._last_read > state.read_timeout):
             current.body.fail(ClientGone())

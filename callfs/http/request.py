@@ -38,7 +38,7 @@ class Body:
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
-            self._conn.pause_body()
+            self._conn.pause_body(self)
         self._wake()
 
     def finish(self) -> None:
@@ -61,6 +61,11 @@ class Body:
     def started(self) -> bool:
         return self._started
 
+    @property
+    def ended(self) -> bool:
+        """No more of this body will arrive: it is whole, or it failed."""
+        return self.complete or self._error is not None
+
     async def read(self) -> bytes:
         """The next chunk, or b"" once the body is complete. Raises ClientGone (or the parser's
         error) when the body cannot be completed."""
@@ -74,7 +79,7 @@ class Body:
                 return b""
             # Nothing buffered: read from the socket now (a large body waits there, paused,
             # until its handler asks, in case it would rather splice it).
-            self._conn.resume_body()
+            self._conn.resume_body(self)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -83,7 +88,7 @@ class Body:
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
         if self._buffered < LOW_WATER:
-            self._conn.resume_body()
+            self._conn.resume_body(self)
         return chunk
 
     async def transfer_to(self, fd: int) -> int:
@@ -98,13 +103,13 @@ class Body:
             chunk = self._chunks.popleft()
             self._buffered -= len(chunk)
             written += _write_all(fd, chunk)
-        self._conn.resume_body()
         if self._error is not None:
             raise self._error
         if not self.complete and self.expected is not None and not self.discarding:
             spliced = await self._conn.splice_body(self, fd, self.expected - self.received)
             if spliced is not None:
                 return written + spliced
+        self._conn.resume_body(self)
         while True:
             chunk = await self.read()
             if not chunk:
@@ -125,7 +130,7 @@ class Body:
         self.discarding = True
         self._chunks.clear()
         self._buffered = 0
-        self._conn.resume_body()
+        self._conn.resume_body(self)
 
 
 def _write_all(fd: int, data) -> int:

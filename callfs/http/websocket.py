@@ -149,7 +149,7 @@ class WebSocket:
                 self._chunks.append(data)
                 self._buffered += len(data)
                 if self._buffered > HIGH_WATER or len(self._chunks) > MAX_PIECES:
-                    self._conn.pause_body()
+                    self._conn.pause_session()
         if event.message_finished:
             self._message = 0
 
@@ -178,7 +178,7 @@ class WebSocket:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         elif self._conn is not None:
-            self._conn.resume_body()
+            self._conn.resume_session()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -224,7 +224,7 @@ class WebSocket:
             chunk = b"".join(pieces)
         self._buffered -= len(chunk)
         if self._buffered < LOW_WATER and len(chunks) < MAX_PIECES // 4:
-            self._conn.resume_body()
+            self._conn.resume_session()
         return chunk
 
     async def send_bytes(self, data) -> None:
@@ -253,7 +253,7 @@ class WebSocket:
             self._keep = False
             self._chunks.clear()
             self._buffered = 0
-            conn.resume_body()
+            conn.resume_session()
             self._close_waiter = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self._close_waiter, CLOSE_WAIT)

@@ -21,6 +21,8 @@ import callfs
 
 # The server runs from the same CallFS the tests import (an installed one, or the source tree).
 PACKAGE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(callfs.__file__)))
+# What the server logs when it finds a connection paused with nothing pending (http/protocol.py).
+from callfs.http.protocol import STRAY_PAUSE  # noqa: E402
 
 KEYS = {
     "alice": "alice-key-0123456789abcdef",
@@ -109,6 +111,11 @@ class Server:
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         finally:
             conn.close()
+
+    def stray_pauses(self) -> list[str]:
+        """Log lines of connections found paused with nothing pending (a lost wake-up: the
+        server repairs it within a second, so only the log tells)."""
+        return [line for line in self.log().splitlines() if STRAY_PAUSE in line]
 
     def disk(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
@@ -220,6 +227,7 @@ def server(tmp_path_factory):
     yield srv
     code = srv.stop()
     assert code == 0, srv.log()
+    assert not srv.stray_pauses()
 
 
 @pytest.fixture
@@ -241,6 +249,8 @@ def launcher(tmp_path):
     yield start
     for srv in started:
         srv.stop()
+    for srv in started:
+        assert not srv.stray_pauses()
 
 
 def random_bytes(size: int) -> bytes:

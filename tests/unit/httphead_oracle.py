@@ -8,11 +8,22 @@ from callfs._native.pathnorm import normalize_url_path
 MAX_URL = 64 * 1024
 MAX_HEAD = 1024 * 1024
 MAX_FIELDS = 1000
-PAUSE_BROKEN = 4
+VERSIONS = ("1.1", "1.0")
 NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
                      b"if-unmodified-since", b"if-range", b"range", b"x-request-id",
                      b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 FILE = "file"
+
+
+def origin_form(url: bytes) -> bytes:
+    """RFC 9112 §3.2.2: an absolute-form target is served as its path and query."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return url
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=-1)
+    if cut < 0:
+        return b"/"
+    return rest[cut:] if rest[cut:cut + 1] == b"/" else b"/" + rest[cut:]
 
 
 class Reject(Exception):
@@ -93,10 +104,10 @@ class HotPath:
 
 class HeadState:
     """The base of a connection: its subclass provides loop, parser, transport, state,
-    pipeline, hot, tls, `_session`, `_pause` and the methods named in the native docstring."""
+    pipeline, hot, tls, `_outside` and the methods named in the native docstring."""
 
     def data_received(self, data: bytes) -> None:
-        if self._session is not None or self._pause & PAUSE_BROKEN:
+        if self._outside:
             self.received_outside_http(data)
             return
         self._last_read = self.loop.time()
@@ -140,9 +151,13 @@ class HeadState:
 
     def on_headers_complete(self):
         self._in_head = False
+        if self._url[:1] not in (b"/", b""):
+            self._url = origin_form(self._url)
         if self._plain and self.hot is not None and not self.pipeline:
             method = self.parser.get_method()
             if (method in (b"GET", b"HEAD") and self.parser.should_keep_alive()
+                    and (b"connection" not in self._headers
+                         or self.parser.get_http_version() in VERSIONS)
                     and not self.state.draining):
                 data = self.hot.answer(method, self._url, self._headers, self.tls)
                 if data is not None:

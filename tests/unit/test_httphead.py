@@ -74,7 +74,7 @@ def connection(implementation, hot=None):
             self._session = None
             self.hot = hot
             self.tls = False
-            self._pause = 0
+            self._outside = False
             self._in_head = False
             self._answered = False
             self._head_fed = 0
@@ -96,7 +96,7 @@ def connection(implementation, hot=None):
 
         def _parse_failed(self, status):
             self.events.append(("failed", status))
-            self._pause |= implementation.PAUSE_BROKEN
+            self._outside = True
 
     return Connection()
 
@@ -169,9 +169,33 @@ def test_a_broken_or_upgraded_connection_sends_bytes_elsewhere():
 
 
 def test_the_limits_are_the_oracles():
-    assert (native.MAX_URL, native.MAX_HEAD, native.MAX_FIELDS, native.PAUSE_BROKEN) == \
-        (oracle.MAX_URL, oracle.MAX_HEAD, oracle.MAX_FIELDS, oracle.PAUSE_BROKEN)
+    assert (native.MAX_URL, native.MAX_HEAD, native.MAX_FIELDS) == \
+        (oracle.MAX_URL, oracle.MAX_HEAD, oracle.MAX_FIELDS)
     assert native.NOT_HOT == oracle.NOT_HOT
+
+
+target = st.tuples(
+    st.sampled_from([b"http://", b"HTTPS://", b"Http://", b"ftp://", b"", b"http:/"]),
+    st.from_regex(rb"\A[a-z0-9.:@\[\]-]{0,20}\Z"),
+    st.from_regex(rb"\A[/?]?[!-~]{0,30}\Z")).map(b"".join)
+
+
+@examples(500)
+@given(target)
+@example(b"http://h:1/v1/files/x?y=1")
+@example(b"http://h:1?q")
+@example(b"https://h")
+@example(b"*")
+def test_origin_form_is_the_oracles(url):
+    assert native.origin_form(url) == oracle.origin_form(url)
+
+
+def test_an_absolute_target_is_parsed_as_its_origin_form():
+    for implementation in (native, oracle):
+        conn = connection(implementation)
+        conn.data_received(b"PUT http://127.0.0.1:8443/v1/files/a?x=1 HTTP/1.1\r\n"
+                           b"Host: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
+        assert conn.events[0][1] == b"/v1/files/a?x=1"
 
 
 # -- the hot path, on a real store and backend --------------------------------------------------
@@ -308,3 +332,14 @@ def test_request_ids_are_fresh_and_differ_after_a_fork():
     os.close(read)
     os.waitpid(pid, 0)
     assert child != native.random_id()
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"0.9", b"1.0", b"1.1"])
+def test_only_http_1_x_takes_the_hot_path_even_kept_alive(site, version):
+    engine, auth = site
+    for implementation, hot in zip((native, oracle), hot_paths(engine, auth)):
+        conn = connection(implementation, hot=hot)
+        conn.data_received(b"GET /v1/files/d/small HTTP/" + version + b"\r\nConnection: keep-alive"
+                           b"\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n")
+        answered = not conn.events or conn.events[0][0] != "head"
+        assert answered == (version in (b"1.0", b"1.1")), implementation
