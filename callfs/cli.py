@@ -167,12 +167,6 @@ def _error(command: Command, message: str) -> int:
     return 1
 
 
-def _warn_unknown(loaded: config.Loaded) -> None:
-    if loaded.unknown_keys:
-        names = ", ".join(loaded.unknown_keys)
-        print(f"Warning: ignoring unknown configuration keys: {names}", file=sys.stderr)
-
-
 # --- commands ---------------------------------------------------------------------------
 
 
@@ -194,52 +188,105 @@ def _no_args(command: Command, args: list[str]) -> None:
         raise UsageError(f'unexpected argument "{args[0]}" for "{command.path}"', command)
 
 
+def _overrides(command: Command, opts: dict) -> config.Overrides:
+    for flag in ("listen", "data"):
+        if opts.get(flag) == "":
+            raise UsageError(f'invalid argument "" for "--{flag}": must not be empty', command)
+    return config.Overrides(listen=opts.get("listen"), data=opts.get("data"))
+
+
 def run_server(command: Command, opts: dict, args: list[str]) -> int:
     _no_args(command, args)
     workers = _workers(command, opts)
+    overrides = _overrides(command, opts)
     try:
-        loaded = config.load(opts.get("config"), create_secrets=True)
+        # Nothing is written here: the server stores the embedded profile's secrets only
+        # once it holds the data directory.
+        loaded = config.load(opts.get("config"), overrides=overrides)
     except config.ConfigError as exc:
         return _error(command, str(exc))
-    _warn_unknown(loaded)
-    if loaded.source == "embedded":
-        print(embedded_banner(loaded), flush=True)
     from callfs.server import serve  # imported late: config and CLI work without it
 
-    return serve(loaded, workers=workers)
+    return serve(loaded, workers=workers, announce=_announce)
 
 
-def embedded_banner(loaded: config.Loaded) -> str:
-    """What a first-time user needs: where data lives, the key, a command to try."""
+def _announce(loaded: config.Loaded, workers: int, data_lock) -> None:
+    print("\n".join(start_summary(loaded, workers, data_lock.shared)), flush=True)
+
+
+def start_summary(loaded: config.Loaded, workers: int, shared: bool) -> list[str]:
+    """What the server is about to do, in one look; for the embedded profile, also the key
+    and a command to try."""
+    cfg = loaded.config
+    tls = cfg.server.protocol == "https" or (
+        cfg.server.protocol == "auto" and bool(cfg.server.cert_file and cfg.server.key_file))
+    scheme = "https" if tls else "http"
+    host, port = config.split_host_port(cfg.server.listen_addr)
+    shown = f"[{host}]" if host and ":" in host else host
+    address = f"{scheme}://{shown}:{port}" if host else f"{scheme}://*:{port} (every interface)"
+    if cfg.metadata_store.type == "sqlite":
+        store = f"sqlite {cfg.metadata_store.sqlite_path}"
+    else:
+        store = f"{cfg.metadata_store.type} {config.mask_dsn(cfg.metadata_store.dsn)}"
+    if cfg.dlm.type == "redis":
+        locks = f"redis {cfg.dlm.redis_addr}"
+    else:
+        locks = "local (this instance's processes only)"
+    data = loaded.data_dir or cfg.backend.localfs_root_path or "(no local backend)"
+    sharing = "shared with this instance's other processes" if shared else "this server only"
+    lines = []
+    if loaded.source == "embedded":
+        lines.append("CallFS is starting with the embedded single-node profile "
+                     "(no config file, no CALLFS_* variables).")
+    else:
+        lines.append(f"CallFS is starting with {_source_text(loaded)}.")
+    lines += [
+        f"  Address:        {address}",
+        f"  TLS:            {'on (' + cfg.server.cert_file + ')' if tls else 'off'}",
+        f"  Metadata store: {store}",
+        f"  Lock manager:   {locks}",
+        f"  Data directory: {data} ({sharing})",
+        f"  Workers:        {workers}",
+    ]
+    if loaded.source == "embedded":
+        lines += _embedded_banner(loaded)
+    return lines
+
+
+def _source_text(loaded: config.Loaded) -> str:
+    if loaded.source == "file":
+        return f"configuration file {loaded.path}"
+    return "CALLFS_* environment variables"
+
+
+def _embedded_banner(loaded: config.Loaded) -> list[str]:
+    """What a first-time user needs: the key and a command to try."""
     cfg = loaded.config
     key = cfg.auth.api_key_users["admin"]
-    data_dir = os.path.dirname(cfg.backend.localfs_root_path)
     url = f"{config.base_url(cfg.server)}/v1/directories/"
     state = "created" if loaded.secrets_created else "existing"
-    return "\n".join(
-        [
-            "CallFS is starting with the embedded single-node profile "
-            "(no config file, no CALLFS_* variables).",
-            f"  Data directory: {data_dir}",
-            f"  Secrets file:   {loaded.secrets_path} ({state})",
-            f"  Admin API key:  {key}",
-            "Try it:",
-            f'  curl -H "Authorization: Bearer {key}" {url}',
-        ]
-    )
+    return [
+        f"  Secrets file:   {loaded.secrets_path} ({state})",
+        f"  Admin API key:  {key}",
+        "Try it:",
+        f'  curl -H "Authorization: Bearer {key}" {url}',
+    ]
 
 
 def run_validate(command: Command, opts: dict, args: list[str]) -> int:
     _no_args(command, args)
+    overrides = _overrides(command, opts)
     print("Validating configuration...", flush=True)
     try:
-        loaded = config.load(opts.get("config"), create_secrets=False)
+        loaded = config.load(opts.get("config"), overrides=overrides)
     except config.ConfigError as exc:
         print(f"Configuration validation failed: {exc}", flush=True)
         return _error(command, str(exc))
-    _warn_unknown(loaded)
     for warning in loaded.warnings:
         print(f"Warning: {warning}", file=sys.stderr)
+    problem = config.unavailable(loaded.config)
+    if problem:
+        print(f"Warning: {problem}; 'callfs server' will refuse to start", file=sys.stderr)
     print("\n".join(summary_lines(loaded)))
     return 0
 
@@ -265,8 +312,7 @@ def summary_lines(loaded: config.Loaded) -> list[str]:
 
 def _embedded_lines(loaded: config.Loaded) -> list[str]:
     cfg = loaded.config
-    data_dir = os.path.dirname(cfg.backend.localfs_root_path)
-    secrets_path = os.path.join(data_dir, config.SECRETS_FILE_NAME)
+    secrets_path = os.path.join(loaded.data_dir, config.SECRETS_FILE_NAME)
     state = "exists" if loaded.secrets_path else "created by the first 'callfs server'"
     return [
         "Profile: embedded (no config file and no CALLFS_* variables found)",
@@ -288,7 +334,7 @@ _JOIN_FALLBACKS = (
 def _join_loaded(path: str | None) -> config.Loaded | None:
     """The configuration to fill in missing flags, or None when it does not load (§7.3)."""
     try:
-        loaded = config.load(path, create_secrets=False)
+        loaded = config.load(path)
     except config.ConfigError:
         return None
     # Secrets generated only in memory would never match the cluster's.
@@ -372,20 +418,32 @@ def run_help(command: Command, opts: dict, args: list[str]) -> int:
 
 # --- the command tree -------------------------------------------------------------------
 
+LISTEN_FLAG = Flag(
+    "listen", "", "HOST:PORT",
+    "listen here (sets server.listen_addr, over the file and the environment)",
+)
+DATA_FLAG = Flag(
+    "data", "", "DIR",
+    "keep everything in DIR: files in DIR/files, SQLite in DIR/metadata.sqlite3 "
+    "(over the file and the environment)",
+)
 SERVER = Command(
     "server",
     "Run the API server (the default command).",
-    "callfs server [-c PATH] [--workers N]",
+    "callfs server [-c PATH] [--workers N] [--listen HOST:PORT] [--data DIR]",
     flags=(
         CONFIG_FLAG,
         Flag("workers", "", "N", "worker processes sharing the port (default: number of CPUs)"),
+        LISTEN_FLAG,
+        DATA_FLAG,
     ),
     run=run_server,
 )
 VALIDATE = Command(
     "validate",
     "Load and validate the configuration, then print a summary.",
-    "callfs config validate [-c PATH]",
+    "callfs config validate [-c PATH] [--listen HOST:PORT] [--data DIR]",
+    flags=(LISTEN_FLAG, DATA_FLAG),
     run=run_validate,
 )
 JOIN = Command(

@@ -1,9 +1,11 @@
 """Configuration: schema and defaults, sources and precedence, validation (CONFIG.md).
 
-Layers, later wins key by key: defaults < one file (YAML or JSON) < `CALLFS_*` variables.
-With neither a file nor a variable, the embedded single-node profile applies (§2.4).
+Layers, later wins key by key: defaults < one file (YAML or JSON) < `CALLFS_*` variables <
+the command line's `--listen` and `--data`. With neither a file nor a variable, the embedded
+single-node profile applies (§2.4). A key CallFS does not know is an error, never ignored.
 """
 
+import difflib
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import secrets
 import typing
 from typing import Any
 
+import msgspec
 from msgspec import Struct, field
 
 from callfs import configparse as cp
@@ -151,10 +154,17 @@ class Loaded(Struct):
     config: Config
     source: str  # "file" | "env" | "embedded"
     path: str | None = None
-    unknown_keys: list[str] = field(default_factory=list)
     secrets_created: bool = False
-    secrets_path: str | None = None
+    secrets_path: str | None = None  # the embedded profile's secrets, once stored on disk
     warnings: list[str] = field(default_factory=list)
+    data_dir: str | None = None  # the embedded profile's directory, or --data's
+
+
+class Overrides(Struct):
+    """What the command line sets; it wins over every other source."""
+
+    listen: str | None = None  # --listen HOST:PORT → server.listen_addr
+    data: str | None = None  # --data DIR → DIR/files, DIR/metadata.sqlite3, DIR/secrets.yaml
 
 
 class ConfigError(Exception):
@@ -195,22 +205,26 @@ def _file_values(tree: dict, unknown: list[str]) -> RawValues:
     for section, keys in tree.items():
         section = str(section)
         if section not in _SCHEMA:
-            unknown.append(section)
+            unknown.append(_unknown_text(section, None, suggest(section, None)))
             continue
         if keys is None:
             continue
         if not isinstance(keys, dict):
             raise _unmarshal_error(f"{section}: expected a map, got {cp.describe(keys)}")
         for key, value in keys.items():
+            key = str(key)
             if key not in _SCHEMA[section]:
-                unknown.append(f"{section}.{key}")
+                unknown.append(_unknown_text(f"{section}.{key}", None, suggest(section, key)))
             elif value is not None:
                 raw[(section, key)] = value
     return raw
 
 
-def _apply_env(raw: RawValues, entries, unknown: list[str]) -> None:
-    """Overlay CALLFS_* values: a scalar per key, map entries one per variable (§3)."""
+def _apply_env(raw: RawValues, entries, unknown: list[str], ignored: list[str]) -> None:
+    """Overlay CALLFS_* values: a scalar per key, map entries one per variable (§3).
+
+    A variable that names no key is an error when it looks meant as one: it has the `__`
+    separator, or is a near miss of a key's variable (`CALLFS_SERVER_LISTEN_ADDR`)."""
     for name, path, value in entries:
         schema = _SCHEMA.get(path[0], {})
         if len(path) == 1 and path[0] in _SCHEMA:
@@ -222,8 +236,90 @@ def _apply_env(raw: RawValues, entries, unknown: list[str]) -> None:
             if current is None or isinstance(current, dict):
                 raw[(path[0], path[1])] = {**(current or {}), path[2]: value}
             # otherwise the non-map value fails conversion on its own
-        elif any(path):
-            unknown.append(".".join(path))
+        elif len(path) == 1 and not _env_near_miss(path[0]):
+            # Not shaped like a key (`CALLFS_VENV`, a script's own): not configuration.
+            ignored.append(name)
+        else:
+            guess = _env_near_miss(path[0]) if len(path) == 1 else suggest(path[0], path[1])
+            unknown.append(_unknown_text(name, "variable", guess and _variable(guess)))
+
+
+# --- unknown keys and the nearest known one -------------------------------------------------
+
+_DOTTED = [f"{section}.{key}" for section, keys in _SCHEMA.items() for key in keys]
+
+
+def _closest(word: str, candidates) -> str | None:
+    """A known name for a misspelt one: the same letters in another case, else difflib's."""
+    candidates = list(candidates)
+    for candidate in candidates:
+        if candidate == word.lower():
+            return candidate
+    match = difflib.get_close_matches(word.lower(), candidates, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _owners(key: str) -> str | None:
+    """`a.key or b.key` for a key name that exists in some sections (written in the wrong one)."""
+    owners = [f"{section}.{key.lower()}" for section in _SCHEMA if key.lower() in _SCHEMA[section]]
+    return " or ".join(owners) or None
+
+
+def suggest(section: str, key: str | None) -> str | None:
+    """The known key (dotted) or section nearest to an unknown one, or None."""
+    if key is None:  # an unknown section, or a key written without its section
+        return _closest(section, _SCHEMA) or _owners(section)
+    known = section if section in _SCHEMA else _closest(section, _SCHEMA)
+    if known is not None:
+        nearest = _closest(key, _SCHEMA[known])
+        if nearest is not None:
+            return f"{known}.{nearest}"
+    found = _owners(key)
+    if found is not None:
+        return found
+    match = difflib.get_close_matches(f"{section}.{key}".lower(), _DOTTED, n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def _env_near_miss(name: str) -> str | None:
+    """The key a one-level variable name was probably meant for (`server_listen_addr`)."""
+    for section, keys in _SCHEMA.items():
+        if name.startswith(section + "_"):
+            nearest = _closest(name[len(section) + 1 :], keys)
+            if nearest is not None:
+                return f"{section}.{nearest}"
+    forms = {f"{section}__{key}": f"{section}.{key}" for section, keys in _SCHEMA.items()
+             for key in keys}
+    match = difflib.get_close_matches(name, list(forms), n=1, cutoff=0.8)
+    return forms[match[0]] if match else None
+
+
+def _variable(dotted: str) -> str:
+    """`server.listen_addr or metrics.listen_addr` → the variables' names."""
+    names = [cp.ENV_PREFIX + key.replace(".", "__").upper() for key in dotted.split(" or ")]
+    return " or ".join(names)
+
+
+def _unknown_text(name: str, kind: str | None, guess: str | None) -> str:
+    text = f"{kind} {name}" if kind else name
+    return f"{text} (did you mean {guess}?)" if guess else text
+
+
+def _refuse_unknown(unknown: list[str], file_path: str | None) -> None:
+    if not unknown:
+        return
+    where = f" in {file_path}" if file_path is not None else ""
+    files = [item for item in unknown if not item.startswith("variable ")]
+    variables = [item for item in unknown if item.startswith("variable ")]
+    parts = []
+    if files:
+        label = "unknown key" if len(files) == 1 else "unknown keys"
+        parts.append(f"{label}{where}: {', '.join(files)}")
+    if variables:
+        label = "unknown environment variable" if len(variables) == 1 else (
+            "unknown environment variables")
+        parts.append(f"{label}: {', '.join(v.removeprefix('variable ') for v in variables)}")
+    _fail("; ".join(parts))
 
 
 def _build(raw: RawValues) -> Config:
@@ -270,27 +366,47 @@ def load(
     environ=None,
     cwd: str | None = None,
     create_secrets: bool = False,
+    overrides: Overrides | None = None,
 ) -> Loaded:
-    """Assemble, convert and validate the configuration; raise ConfigError on any failure."""
+    """Assemble, convert and validate the configuration; raise ConfigError on any failure.
+
+    The one path both `callfs config validate` and `callfs server` take: they see the same
+    errors. With create_secrets false, nothing is ever written."""
     environ = os.environ if environ is None else environ
     cwd = os.getcwd() if cwd is None else cwd
+    overrides = overrides or Overrides()
+    data_dir = os.path.join(cwd, overrides.data) if overrides.data else None
     entries = cp.env_entries(environ)
     file_path = _find_file(path, cwd)
     if file_path is None and not entries:
-        return _load_embedded(cwd, create_secrets)
+        loaded = _load_embedded(data_dir or os.path.join(cwd, DATA_DIR_NAME), overrides)
+        return keep_secrets(loaded) if create_secrets else loaded
     unknown: list[str] = []
+    ignored: list[str] = []
     tree = _read_file(file_path, cwd) if file_path is not None else {}
     raw = _file_values(tree, unknown)
-    _apply_env(raw, entries, unknown)
+    _apply_env(raw, entries, unknown, ignored)
+    _refuse_unknown(unknown, file_path)
+    _apply_overrides(raw, overrides, data_dir)
     config = _build(raw)
     warnings = validate(config)
+    warnings += [f"{name} names no configuration key; ignored" for name in ignored]
     return Loaded(
         config=config,
         source="file" if file_path is not None else "env",
         path=os.path.join(cwd, file_path) if file_path is not None else None,
-        unknown_keys=unknown,
         warnings=warnings,
+        data_dir=data_dir,
     )
+
+
+def _apply_overrides(raw: RawValues, overrides: Overrides, data_dir: str | None) -> None:
+    """The command line's values, over every other source."""
+    if overrides.listen is not None:
+        raw[("server", "listen_addr")] = overrides.listen
+    if data_dir is not None:
+        raw[("backend", "localfs_root_path")] = os.path.join(data_dir, "files")
+        raw[("metadata_store", "sqlite_path")] = os.path.join(data_dir, "metadata.sqlite3")
 
 
 # --- the embedded profile (§2.4) --------------------------------------------------------
@@ -298,14 +414,14 @@ def load(
 DATA_DIR_NAME = "callfs-data"
 SECRETS_FILE_NAME = "secrets.yaml"
 _SECRET_NAMES = ("admin_api_key", "internal_proxy_secret", "single_use_link_secret")
+EMBEDDED_LISTEN = "127.0.0.1:8443"
 
 
-def _embedded_values(cwd: str) -> RawValues:
-    data = os.path.join(cwd, DATA_DIR_NAME)
+def _embedded_values(data: str, listen: str) -> RawValues:
     return {
-        ("server", "listen_addr"): "127.0.0.1:8443",
+        ("server", "listen_addr"): listen,
         ("server", "protocol"): "http",
-        ("server", "external_url"): "http://127.0.0.1:8443",
+        ("server", "external_url"): _embedded_url(listen),
         ("backend", "localfs_root_path"): os.path.join(data, "files"),
         ("metadata_store", "type"): "sqlite",
         ("metadata_store", "sqlite_path"): os.path.join(data, "metadata.sqlite3"),
@@ -314,40 +430,67 @@ def _embedded_values(cwd: str) -> RawValues:
     }
 
 
-def _load_embedded(cwd: str, create_secrets: bool) -> Loaded:
-    path = os.path.join(cwd, DATA_DIR_NAME, SECRETS_FILE_NAME)
-    values, created, stored = _embedded_secrets(path, create_secrets)
-    raw = _embedded_values(cwd)
-    raw[("auth", "api_key_users")] = {"admin": values["admin_api_key"]}
-    raw[("auth", "internal_proxy_secret")] = values["internal_proxy_secret"]
-    raw[("auth", "single_use_link_secret")] = values["single_use_link_secret"]
+def _embedded_url(listen: str) -> str:
+    """How this machine reaches the embedded server: a wildcard host becomes the loopback."""
+    try:
+        host, port = split_host_port(listen)
+    except ValueError:
+        return f"http://{listen}"  # validation reports the address
+    if host in (None, "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _load_embedded(data: str, overrides: Overrides) -> Loaded:
+    path = os.path.join(data, SECRETS_FILE_NAME)
+    try:
+        values, stored = cp.read_secrets(path, _SECRET_NAMES), True
+    except FileNotFoundError:
+        # Kept in memory until the server, holding the data directory, stores them.
+        values = {name: secrets.token_urlsafe(32) for name in _SECRET_NAMES}
+        stored = False
+    except cp.SecretsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    raw = _embedded_values(data, overrides.listen or EMBEDDED_LISTEN)
+    _set_secrets(raw, values)
     config = _build(raw)
     warnings = validate(config)
     return Loaded(
         config=config,
         source="embedded",
-        secrets_created=created,
         secrets_path=path if stored else None,
         warnings=warnings,
+        data_dir=data,
     )
 
 
-def _embedded_secrets(path: str, create: bool) -> tuple[dict[str, str], bool, bool]:
-    """(secrets, created now, stored on disk); in-memory only when not allowed to create."""
+def _set_secrets(raw: RawValues, values: dict[str, str]) -> None:
+    raw[("auth", "api_key_users")] = {"admin": values["admin_api_key"]}
+    raw[("auth", "internal_proxy_secret")] = values["internal_proxy_secret"]
+    raw[("auth", "single_use_link_secret")] = values["single_use_link_secret"]
+
+
+def keep_secrets(loaded: Loaded) -> Loaded:
+    """The embedded profile with its secrets on disk: stored now on a first start (mode 0600),
+    or those another process stored a moment ago. Other profiles are returned as they are."""
+    if loaded.source != "embedded" or loaded.secrets_path is not None:
+        return loaded
+    auth = loaded.config.auth
+    fresh = {
+        "admin_api_key": auth.api_key_users["admin"],
+        "internal_proxy_secret": auth.internal_proxy_secret,
+        "single_use_link_secret": auth.single_use_link_secret,
+    }
+    path = os.path.join(loaded.data_dir, SECRETS_FILE_NAME)
     try:
-        try:
-            return cp.read_secrets(path, _SECRET_NAMES), False, True
-        except FileNotFoundError:
-            pass
-        fresh = {name: secrets.token_urlsafe(32) for name in _SECRET_NAMES}
-        if not create:
-            return fresh, False, False
-        if cp.write_secrets(path, fresh):
-            return fresh, True, True
-        # Another process created it between our read and our write: use theirs.
-        return cp.read_secrets(path, _SECRET_NAMES), False, True
-    except cp.SecretsFileError as exc:
+        created = cp.write_secrets(path, fresh)
+        values = fresh if created else cp.read_secrets(path, _SECRET_NAMES)
+    except (cp.SecretsFileError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
+    auth.api_key_users = {"admin": values["admin_api_key"]}
+    auth.internal_proxy_secret = values["internal_proxy_secret"]
+    auth.single_use_link_secret = values["single_use_link_secret"]
+    return msgspec.structs.replace(loaded, secrets_created=created, secrets_path=path)
 
 
 def _quote(text: str) -> str:
@@ -533,6 +676,51 @@ def _check_callfs_additions(config: Config) -> None:
             _fail(f"auth.groups: group name {_quote(group)} is reserved")
     if not MIN_PART_SIZE <= config.backend.s3_part_size <= MAX_PART_SIZE:
         _fail("backend.s3_part_size must be between 5MiB and 5GiB")
+    _check_address("server.listen_addr", config.server.listen_addr)
+    if config.server.enable_quic:
+        _check_address("server.quic_listen_addr", config.server.quic_listen_addr)
+    if config.metrics.listen_addr:
+        _check_address("metrics.listen_addr", config.metrics.listen_addr)
+
+
+def split_host_port(addr: str) -> tuple[str | None, int]:
+    """`host:port`, `[v6]:port` or `:port` (every interface, host None); ValueError says why."""
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        raise ValueError("want host:port, or :port for every interface")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address needs brackets, as in [::1]:8443")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {_quote(port)} is not a number from 1 to 65535")
+    return (host or None), int(port)
+
+
+def _check_address(key: str, addr: str) -> None:
+    """The address is one the server can listen on, so validate refuses what start would."""
+    try:
+        split_host_port(addr)
+    except ValueError as exc:
+        _fail(f"{key} {_quote(addr)}: {exc}")
+
+
+# What this build serves; `config validate` accepts the other types of §5 (CONFIG.md §5.6)
+# and says that `callfs server` will refuse them.
+AVAILABLE_STORES = ("sqlite", "postgres")
+AVAILABLE_BACKENDS = ("localfs",)
+
+
+def unavailable(config: Config) -> str | None:
+    """Why this build cannot serve a valid configuration, or None."""
+    m, b = config.metadata_store, config.backend
+    if m.type not in AVAILABLE_STORES:
+        return (f"metadata_store.type {m.type} is not available in this build; "
+                "use sqlite or postgres")
+    if (b.default_backend or "localfs") not in AVAILABLE_BACKENDS:
+        return (f"backend.default_backend {b.default_backend} is not available in this build; "
+                "use localfs")
+    return None
 
 
 def configured_users(a: AuthConfig) -> set[str]:

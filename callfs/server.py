@@ -1,11 +1,15 @@
 """`callfs server`: prepare once, then serve from N worker processes sharing the port.
 
-The master validates what can fail (store reachable and migrated, local root, certificates,
-the address), recovers writes a crash interrupted, and only then forks. Each worker binds its
+The master checks what can fail without changing anything (this build serves the
+configuration, the certificates load, the address is free), then locks the data directory
+(`callfs.datadir`: a second server on the same data is refused before it creates anything),
+then prepares (secrets, local root, store reachable and migrated), recovers writes a crash
+interrupted, and only then forks. Each worker binds its
 own SO_REUSEPORT socket, so the kernel spreads connections. A worker that dies is replaced;
 SIGTERM/SIGINT drain every worker within the deadline and exit 0.
 """
 import asyncio
+import ctypes
 import hashlib
 import logging
 import os
@@ -20,6 +24,7 @@ import time
 import uvloop
 from prometheus_client import REGISTRY
 
+from callfs import config, datadir
 from callfs.api.directories import DirectoriesAPI
 from callfs.api.files import FilesAPI
 from callfs.api.system import SystemAPI
@@ -47,10 +52,12 @@ RECOVERY_MIN_AGE = 60.0
 # When this server started (set before the workers fork): a leftover older than that is a
 # previous process's, never a write in flight.
 _started_ns = 0
+_data_lock: datadir.DataLock | None = None  # held for the life of the master, and its workers
 GIL_SWITCH_SECONDS = 0.0002
 IDLE_SECONDS = 120.0
 _RESTART_WINDOW = 10.0
 _RESTART_LIMIT = 10
+_PR_SET_PDEATHSIG = 1  # prctl(2), linux/prctl.h
 
 
 class StartupError(Exception):
@@ -100,16 +107,8 @@ def _ssl_context(cfg) -> ssl.SSLContext | None:
     return context
 
 
-def parse_listen_addr(addr: str) -> tuple[str | None, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise StartupError(f"invalid server.listen_addr {addr!r}: want host:port")
-    host = host.strip("[]")
-    return (host or None), int(port)
-
-
 def listen_socket(addr: str, *, bind_only: bool = False) -> socket.socket:
-    host, port = parse_listen_addr(addr)
+    host, port = config.split_host_port(addr)  # validated: it parses
     try:
         if host is None:
             family, address = (socket.AF_INET6, ("::", port)) if socket.has_ipv6 else (
@@ -132,17 +131,6 @@ def listen_socket(addr: str, *, bind_only: bool = False) -> socket.socket:
         return sock
     except OSError as exc:
         raise StartupError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
-
-
-def _check_supported(cfg) -> None:
-    if cfg.metadata_store.type not in ("sqlite", "postgres"):
-        raise StartupError(f"metadata_store.type {cfg.metadata_store.type} is not available in "
-                           "this build; use sqlite or postgres")
-    if (cfg.backend.default_backend or "localfs") != "localfs":
-        raise StartupError(f"backend.default_backend {cfg.backend.default_backend} is not "
-                           "available in this build; use localfs")
-    if cfg.dlm.type not in ("local", "redis"):
-        raise StartupError(f"dlm.type {cfg.dlm.type} is not available in this build")
 
 
 def _build_locks(cfg, lock_fd: int | None):
@@ -170,6 +158,37 @@ def _generations_path(cfg) -> str:
     digest = hashlib.sha256(cfg.metadata_store.dsn.encode()).hexdigest()[:20]
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     return os.path.join(folder, f"callfs-gen-{digest}")
+
+
+def _data_targets(loaded) -> list[datadir.Target]:
+    """What this server must not share with a server it cannot coordinate with: the local
+    root, and the metadata store as seen from this host (its generation table); with the
+    embedded profile or --data, also the directory holding them and the secrets (mode 0700,
+    as the secrets file wants it)."""
+    cfg = loaded.config
+    targets = []
+    if loaded.data_dir:
+        targets.append(datadir.Target(loaded.data_dir, f"data directory {loaded.data_dir}",
+                                      directory=True, mode=0o700))
+    if cfg.backend.localfs_root_path:
+        root = os.path.abspath(cfg.backend.localfs_root_path)
+        targets.append(datadir.Target(root, f"data directory {root}", directory=True))
+    if cfg.metadata_store.type == "sqlite":
+        shown = os.path.abspath(cfg.metadata_store.sqlite_path)
+    else:
+        shown = config.mask_dsn(cfg.metadata_store.dsn)
+    targets.append(datadir.Target(_generations_path(cfg),
+                                  f"metadata store {shown}", directory=False))
+    return targets
+
+
+def _lock_data(loaded) -> datadir.DataLock:
+    cfg = loaded.config
+    shared = datadir.may_share(cfg.metadata_store.type, cfg.dlm.type)
+    try:
+        return datadir.acquire(_data_targets(loaded), shared=shared)
+    except (datadir.DataDirectoryBusy, datadir.DataDirectoryError) as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _build_store(cfg):
@@ -298,37 +317,64 @@ def _run_worker(cfg, lock_fd: int, sock: socket.socket) -> int:
 
 # -- the master ------------------------------------------------------------------------------
 
-def serve(loaded, workers: int | None = None) -> int:
+def serve(loaded, workers: int | None = None, announce=None) -> int:
+    """Start in an order that changes nothing until this server is known to be alone on its
+    address and its data: the address is probed, then the data directory locked, and only
+    then are secrets, directories and the database created and recovery run.
+    `announce(loaded, workers, data_lock)` is told once everything is ready."""
     cfg = loaded.config
     structured.setup(cfg.log.level, cfg.log.format)
-    if loaded.unknown_keys:
-        log.warning("unknown configuration keys ignored", extra={"keys": loaded.unknown_keys})
     for warning in loaded.warnings:
         log.warning("configuration", extra={"detail": warning})
     workers = workers or os.cpu_count() or 1
-    global _started_ns
+    global _started_ns, _data_lock
     _started_ns = time.time_ns()
-    lock_fd = LocalLockManager.shared_file()
     try:
-        _check_supported(cfg)
+        problem = config.unavailable(cfg)
+        if problem:
+            raise StartupError(problem)
+        _ssl_context(cfg)
+        listen_socket(cfg.server.listen_addr, bind_only=True).close()
+        _data_lock = _lock_data(loaded)
+        try:
+            loaded = config.keep_secrets(loaded)
+        except config.ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        cfg = loaded.config
+        lock_fd = LocalLockManager.shared_file()
         recovered = asyncio.run(_prepare(cfg, lock_fd))
         if recovered:
             log.info("recovered writes a crash interrupted", extra={"count": recovered})
-        _ssl_context(cfg)
-        listen_socket(cfg.server.listen_addr, bind_only=True).close()
+        sock = listen_socket(cfg.server.listen_addr) if workers == 1 else None
     except StartupError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    if announce is not None:
+        announce(loaded, workers, _data_lock)
     if workers == 1:
-        return _run_worker(cfg, lock_fd, listen_socket(cfg.server.listen_addr))
+        return _run_worker(cfg, lock_fd, sock)
     return _supervise(cfg, lock_fd, workers)
 
 
+def _die_with_parent(master: int) -> None:
+    """A worker whose master was killed would keep the port and the data directory with
+    nobody to stop or replace it: have the kernel end it, like the rest of its server."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != master:  # the master died before prctl took effect
+        os._exit(1)
+
+
 def _spawn(cfg, lock_fd: int) -> int:
+    master = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            _die_with_parent(master)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             sock = listen_socket(cfg.server.listen_addr)

@@ -35,6 +35,10 @@ instance_discovery:
 """
 
 
+SERVER_USAGE = "callfs server [-c PATH] [--workers N] [--listen HOST:PORT] [--data DIR]"
+VALIDATE_USAGE = "callfs config validate [-c PATH] [--listen HOST:PORT] [--data DIR]"
+
+
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLFS_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -72,12 +76,12 @@ def test_help(tmp_path):
 @pytest.mark.parametrize(
     "args,usage",
     [
-        (["server", "--help"], "callfs server [-c PATH] [--workers N]"),
-        (["config", "validate", "-h"], "callfs config validate [-c PATH]"),
+        (["server", "--help"], SERVER_USAGE),
+        (["config", "validate", "-h"], VALIDATE_USAGE),
         (["config", "--help"], "callfs config [-c PATH] validate"),
         (["cluster", "join", "--help"], "callfs cluster join --leader URL [flags]"),
-        (["help", "server"], "callfs server [-c PATH] [--workers N]"),
-        (["help", "config", "validate"], "callfs config validate [-c PATH]"),
+        (["help", "server"], SERVER_USAGE),
+        (["help", "config", "validate"], VALIDATE_USAGE),
         (["cluster"], "callfs cluster join [flags]"),
     ],
 )
@@ -106,6 +110,9 @@ def test_version(tmp_path):
         (["server", "--workers", "0"], 'invalid argument "0" for "--workers": must be at least 1'),
         (["server", "--workers=two"], 'invalid argument "two" for "--workers": must be at least 1'),
         (["server", "extra"], 'unexpected argument "extra" for "callfs server"'),
+        (["server", "--listen"], "flag needs an argument: --listen"),
+        (["server", "--data="], 'invalid argument "" for "--data": must not be empty'),
+        (["config", "validate", "--listen="], 'invalid argument "" for "--listen": must not be empty'),
         (["help", "serve"], 'unknown help topic "serve"'),
         (["cluster", "join"], 'required flag "--leader" not set'),
     ],
@@ -206,21 +213,87 @@ def test_validate_config_flag_positions(tmp_path, args):
     assert "Instance ID: from-other" in result.stdout.splitlines()
 
 
+ENV_CONFIG = {
+    "CALLFS_SERVER__PROTOCOL": "http",
+    "CALLFS_METADATA_STORE__TYPE": "sqlite",
+    "CALLFS_DLM__TYPE": "local",
+    "CALLFS_AUTH__API_KEY_USERS__ALICE": "alice-key-at-least-16-chars",
+    "CALLFS_AUTH__INTERNAL_PROXY_SECRET": "internal-secret-0123456789",
+    "CALLFS_AUTH__SINGLE_USE_LINK_SECRET": "link-secret-0123456789",
+    "CALLFS_INSTANCE_DISCOVERY__INSTANCE_ID": "env-node",
+}
+
+
 def test_validate_from_environment(tmp_path):
-    env = {
-        "CALLFS_SERVER__PROTOCOL": "http",
-        "CALLFS_METADATA_STORE__TYPE": "sqlite",
-        "CALLFS_DLM__TYPE": "local",
-        "CALLFS_AUTH__API_KEY_USERS__ALICE": "alice-key-at-least-16-chars",
-        "CALLFS_AUTH__INTERNAL_PROXY_SECRET": "internal-secret-0123456789",
-        "CALLFS_AUTH__SINGLE_USE_LINK_SECRET": "link-secret-0123456789",
-        "CALLFS_INSTANCE_DISCOVERY__INSTANCE_ID": "env-node",
-        "CALLFS_SERVER_LISTEN_ADDR": ":1",
-    }
-    result = callfs_cli(tmp_path, "config", "validate", **env)
+    result = callfs_cli(tmp_path, "config", "validate", **ENV_CONFIG, CALLFS_VENV="/opt/x")
     assert result.returncode == 0, result.stderr
     assert "Instance ID: env-node" in result.stdout.splitlines()
-    assert result.stderr == "Warning: ignoring unknown configuration keys: server_listen_addr\n"
+    assert result.stderr == "Warning: CALLFS_VENV names no configuration key; ignored\n"
+
+
+UNKNOWN_KEY = "unknown key in config.yaml: server.listen_adr (did you mean server.listen_addr?)"
+
+
+@pytest.mark.parametrize(
+    "text,env,message",
+    [
+        (VALID_YAML.replace("listen_addr:", "listen_adr:"), {}, UNKNOWN_KEY),
+        (
+            VALID_YAML.replace('type: "local"', 'tpye: "local"'),
+            {},
+            "unknown key in config.yaml: dlm.tpye (did you mean dlm.type?)",
+        ),
+        (
+            VALID_YAML,
+            {"CALLFS_SERVER_LISTEN_ADDR": ":1"},
+            "unknown environment variable: CALLFS_SERVER_LISTEN_ADDR "
+            "(did you mean CALLFS_SERVER__LISTEN_ADDR?)",
+        ),
+        (
+            VALID_YAML.replace('":9443"', '"127.0.0.1:99999"'),
+            {},
+            'server.listen_addr "127.0.0.1:99999": port "99999" is not a number from 1 to 65535',
+        ),
+    ],
+)
+def test_validate_and_server_refuse_alike(tmp_path, text, env, message):
+    """One validation for both commands: what validate refuses, the server refuses, with the
+    same words, before creating anything."""
+    write_config(tmp_path, text)
+    full = f"config validation failed: {message}"
+    result = callfs_cli(tmp_path, "config", "validate", "-c", "config.yaml", **env)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[1] == f"Configuration validation failed: {full}"
+    assert result.stderr.splitlines()[0] == f"Error: {full}"
+    result = callfs_cli(tmp_path, "server", "-c", "config.yaml", **env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[0] == f"Error: {full}"
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
+
+
+def test_validate_with_flags(tmp_path):
+    write_config(tmp_path)
+    result = callfs_cli(tmp_path, "config", "validate", "--listen", "127.0.0.1:7000",
+                        "--data", "store")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Listen Address: 127.0.0.1:7000" in lines
+    assert f"Local FS Root: {tmp_path / 'store' / 'files'}" in lines
+    assert not (tmp_path / "store").exists()
+    result = callfs_cli(tmp_path, "config", "validate", "--listen", "127.0.0.1:99999")
+    assert result.returncode == 1
+    assert "port \"99999\" is not a number from 1 to 65535" in result.stderr
+
+
+def test_validate_names_what_this_build_lacks(tmp_path):
+    write_config(tmp_path, VALID_YAML.replace('type: "sqlite"', 'type: "raft"'))
+    result = callfs_cli(tmp_path, "config", "validate")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "Warning: metadata_store.type raft is not available in this build; use sqlite or "
+        "postgres; 'callfs server' will refuse to start\n"
+    )
 
 
 def test_validate_embedded_profile_writes_nothing(tmp_path):

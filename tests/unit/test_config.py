@@ -593,13 +593,13 @@ def test_yaml_yes_is_not_a_boolean(tmp_path):
 
 def test_yaml_values_turned_into_strings(tmp_path):
     text = (
-        "server:\n  listen_addr: 8443\n  external_url: on\n"
+        "server:\n  quic_listen_addr: 8443\n  external_url: on\n"
         "instance_discovery:\n  instance_id: 2024-01-01\n"
         "log:\n  level: true\n  format: '0123'\n"
     )
     loaded = load_yaml(tmp_path, text, {"CALLFS_AUTH__API_KEYS": POSITIONAL_KEY, **SECRETS_ENV})
     cfg = loaded.config
-    assert cfg.server.listen_addr == "8443"
+    assert cfg.server.quic_listen_addr == "8443"
     assert cfg.server.external_url == "on"
     assert cfg.instance_discovery.instance_id == "2024-01-01"
     assert (cfg.log.level, cfg.log.format) == ("1", "0123")
@@ -739,20 +739,43 @@ def test_env_list_is_one_element_not_split(tmp_path):
     assert load_env(tmp_path, CALLFS_AUTH__API_KEYS=key).config.auth.api_keys == [key]
 
 
-def test_env_unknown_names_ignored(tmp_path):
-    loaded = load_env(
-        tmp_path,
-        CALLFS_SERVER_LISTEN_ADDR="x",
-        CALLFS_STORAGE__PATH="x",
-        CALLFS_SERVER__LISTEN_ADDR__X="x",
-        callfs_server__listen_addr="",
+@pytest.mark.parametrize(
+    "name,shown",
+    [
+        ("CALLFS_SERVER_LISTEN_ADDR", "(did you mean CALLFS_SERVER__LISTEN_ADDR?)"),
+        ("CALLFS_SERVER__LISTEN_ADR", "(did you mean CALLFS_SERVER__LISTEN_ADDR?)"),
+        ("CALLFS_DLM__TPYE", "(did you mean CALLFS_DLM__TYPE?)"),
+        ("CALLFS_SERVR__PROTOCOL", "(did you mean CALLFS_SERVER__PROTOCOL?)"),
+        ("CALLFS_SERVER__LISTEN_ADDR__X", "(did you mean CALLFS_SERVER__LISTEN_ADDR?)"),
+        ("CALLFS_STORAGE__PATH", ""),
+    ],
+)
+def test_env_unknown_names_are_errors_with_a_suggestion(tmp_path, name, shown):
+    message = env_error(tmp_path, **{name: "x"})
+    assert message == (
+        f"config validation failed: unknown environment variable: {name} {shown}".rstrip()
     )
+
+
+def test_env_names_not_shaped_like_keys_are_left_alone(tmp_path):
+    loaded = load_env(tmp_path, CALLFS_VENV="/opt/venv", CALLFS_REFLINK_DIR="/mnt/x",
+                      callfs_server__listen_addr="")
     assert loaded.config.server.listen_addr == ":8443"
-    assert sorted(loaded.unknown_keys) == [
-        "server.listen_addr.x",
-        "server_listen_addr",
-        "storage.path",
+    assert [w for w in loaded.warnings if "names no configuration key" in w] == [
+        "CALLFS_REFLINK_DIR names no configuration key; ignored",
+        "CALLFS_VENV names no configuration key; ignored",
     ]
+
+
+def test_unknown_keys_in_file_and_env_reported_together(tmp_path):
+    write(tmp_path, "server:\n  listen_adr: ':1'\n")
+    message = error_of(lambda: load(environ={**BASE_ENV, "CALLFS_LOG__LEVLE": "x"},
+                                    cwd=str(tmp_path)))
+    assert message == (
+        f"config validation failed: unknown key in {tmp_path / 'config.yaml'}: "
+        "server.listen_adr (did you mean server.listen_addr?); "
+        "unknown environment variable: CALLFS_LOG__LEVLE (did you mean CALLFS_LOG__LEVEL?)"
+    )
 
 
 def test_env_empty_values_are_applied(tmp_path):
@@ -892,20 +915,56 @@ def test_empty_yaml_is_valid(tmp_path):
     assert (loaded.source, loaded.config.server.protocol) == ("file", "http")
 
 
-def test_unknown_keys_ignored_and_reported(tmp_path):
+def test_unknown_keys_are_errors_at_every_level(tmp_path):
     tree = valid()
     tree["storage"] = {"path": "/x"}
     tree["Server"] = {"listen_addr": ""}
+    tree["listen_addr"] = ":1"
     with_(tree, "server.LISTEN_ADDR", "")
     with_(tree, "auth.internal_secret", "x")
-    loaded = load_tree(tmp_path, tree)
-    assert loaded.config.server.listen_addr == ":8443"
-    assert loaded.unknown_keys == [
-        "server.LISTEN_ADDR",
-        "auth.internal_secret",
-        "storage",
-        "Server",
-    ]
+    with_(tree, "dlm.tpye", "local")
+    with_(tree, "backend.sqlite_path", "x")
+    message = validation_error(tmp_path, tree)
+    assert message == (
+        f"config validation failed: unknown keys in {tmp_path / 'config.json'}: "
+        "server.LISTEN_ADDR (did you mean server.listen_addr?), "
+        "auth.internal_secret (did you mean auth.internal_proxy_secret?), "
+        "dlm.tpye (did you mean dlm.type?), "
+        "storage, "
+        "Server (did you mean server?), "
+        "listen_addr (did you mean server.listen_addr or metrics.listen_addr?), "
+        "backend.sqlite_path (did you mean metadata_store.sqlite_path?)"
+    )
+
+
+@pytest.mark.parametrize(
+    "text,unknown",
+    [
+        ("server:\n  listen_adr: ':1'\n", "server.listen_adr (did you mean server.listen_addr?)"),
+        ("dlm: {tpye: local}\n", "dlm.tpye (did you mean dlm.type?)"),
+        ("metdata_store:\n  type: sqlite\n", "metdata_store (did you mean metadata_store?)"),
+        ("auth:\n  api_key_user: {}\n", "auth.api_key_user (did you mean auth.api_key_users?)"),
+    ],
+)
+def test_a_misspelt_key_names_the_key_meant(tmp_path, text, unknown):
+    write(tmp_path, text)
+    message = error_of(lambda: load(environ=BASE_ENV, cwd=str(tmp_path)))
+    assert message == (
+        f"config validation failed: unknown key in {tmp_path / 'config.yaml'}: {unknown}"
+    )
+
+
+def test_map_entries_are_names_not_keys(tmp_path):
+    tree = with_(valid(), "instance_discovery.peer_endpoints", {"nodee-2": "http://n2:1"})
+    with_(tree, "auth.groups", {"dve": ["alice"]})
+    cfg = load_tree(tmp_path, tree).config
+    assert cfg.instance_discovery.peer_endpoints == {"nodee-2": "http://n2:1"}
+
+
+def test_unknown_keys_are_reported_before_other_checks(tmp_path):
+    tree = valid()
+    tree["auth"]["api_key_user"] = tree["auth"].pop("api_key_users")
+    assert "unknown key" in validation_error(tmp_path, tree)
 
 
 def test_contract_examples_are_valid(tmp_path):
@@ -965,7 +1024,8 @@ def test_embedded_profile_without_writing(tmp_path):
     assert list(cfg.auth.api_key_users) == ["admin"]
     assert len(cfg.auth.api_key_users["admin"]) >= 43
     assert cfg.auth.internal_proxy_secret != cfg.auth.single_use_link_secret
-    assert loaded.warnings == [] and loaded.unknown_keys == []
+    assert loaded.warnings == []
+    assert loaded.data_dir == str(tmp_path / "callfs-data")
 
 
 def test_embedded_secrets_created_once_and_reused(tmp_path):
@@ -1049,3 +1109,115 @@ def test_embedded_uses_existing_secrets_file(tmp_path):
 )
 def test_mask_dsn(dsn, shown):
     assert mask_dsn(dsn) == shown
+
+
+# --- addresses: validate refuses what the server could not listen on -------------------
+
+
+@pytest.mark.parametrize(
+    "addr,reason",
+    [
+        ("127.0.0.1:99999", 'port "99999" is not a number from 1 to 65535'),
+        (":0", 'port "0" is not a number from 1 to 65535'),
+        ("localhost:http", 'port "http" is not a number from 1 to 65535'),
+        ("127.0.0.1:", 'port "" is not a number from 1 to 65535'),
+        ("8443", "want host:port, or :port for every interface"),
+        ("::1:8443", "an IPv6 address needs brackets, as in [::1]:8443"),
+    ],
+)
+def test_listen_addr_must_be_listenable(tmp_path, addr, reason):
+    message = validation_error(tmp_path, with_(valid(), "server.listen_addr", addr))
+    assert message == f'config validation failed: server.listen_addr "{addr}": {reason}'
+
+
+@pytest.mark.parametrize("addr", [":8443", "127.0.0.1:1", "[::1]:65535", "localhost:8443"])
+def test_listen_addr_forms_accepted(tmp_path, addr):
+    assert load_tree(tmp_path, with_(valid(), "server.listen_addr", addr)).config
+
+
+def test_other_addresses_checked_when_used(tmp_path):
+    tree = with_(valid(), "metrics.listen_addr", "9090")
+    assert validation_error(tmp_path, tree).startswith(
+        'config validation failed: metrics.listen_addr "9090": '
+    )
+    with_(tree, "metrics.listen_addr", "")
+    with_(tree, "server.quic_listen_addr", "x")
+    assert load_tree(tmp_path, tree).config.server.quic_listen_addr == "x"  # QUIC is off
+
+
+def test_reference_checks_come_first(tmp_path):
+    tree = with_(valid(), "server.listen_addr", "127.0.0.1:99999")
+    tree["auth"]["api_key_users"] = {}
+    assert validation_error(tmp_path, tree) == (
+        "config validation failed: auth.api_keys or auth.api_key_users must contain at least one key"
+    )
+
+
+def test_unavailable_types_pass_validation_but_are_named(tmp_path):
+    cfg = load_tree(tmp_path, with_(valid(), "metadata_store.type", "redis")).config
+    assert config.unavailable(cfg) == (
+        "metadata_store.type redis is not available in this build; use sqlite or postgres"
+    )
+    assert config.unavailable(load_tree(tmp_path, valid()).config) is None
+
+
+# --- the command line's --listen and --data -------------------------------------------
+
+
+def test_flags_win_over_file_and_environment(tmp_path):
+    tree = with_(valid(), "server.listen_addr", "127.0.0.1:1111")
+    with_(tree, "backend.localfs_root_path", "/elsewhere")
+    write(tmp_path, json.dumps(tree), "config.json")
+    env = {"CALLFS_SERVER__LISTEN_ADDR": "127.0.0.1:2222"}
+    assert load(environ=env, cwd=str(tmp_path)).config.server.listen_addr == "127.0.0.1:2222"
+    flags = config.Overrides(listen="127.0.0.1:3333", data="store")
+    loaded = load(environ=env, cwd=str(tmp_path), overrides=flags)
+    cfg = loaded.config
+    assert cfg.server.listen_addr == "127.0.0.1:3333"
+    assert cfg.backend.localfs_root_path == str(tmp_path / "store" / "files")
+    assert cfg.metadata_store.sqlite_path == str(tmp_path / "store" / "metadata.sqlite3")
+    assert (loaded.source, loaded.data_dir) == ("file", str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
+
+
+def test_flags_keep_the_embedded_profile(tmp_path):
+    flags = config.Overrides(listen="0.0.0.0:9000", data="/srv/callfs")
+    loaded = load(environ={}, cwd=str(tmp_path), overrides=flags)
+    cfg = loaded.config
+    assert loaded.source == "embedded" and loaded.data_dir == "/srv/callfs"
+    assert cfg.server.listen_addr == "0.0.0.0:9000"
+    assert cfg.server.external_url == "http://127.0.0.1:9000"
+    assert cfg.backend.localfs_root_path == "/srv/callfs/files"
+    assert cfg.metadata_store.sqlite_path == "/srv/callfs/metadata.sqlite3"
+    ipv6 = load(environ={}, cwd=str(tmp_path), overrides=config.Overrides(listen="[::1]:9000"))
+    assert ipv6.config.server.external_url == "http://[::1]:9000"
+
+
+def test_a_bad_listen_flag_fails_like_the_key(tmp_path):
+    flags = config.Overrides(listen="127.0.0.1:99999")
+    message = error_of(lambda: load(environ={}, cwd=str(tmp_path), overrides=flags))
+    assert message == (
+        'config validation failed: server.listen_addr "127.0.0.1:99999": '
+        'port "99999" is not a number from 1 to 65535'
+    )
+
+
+# --- secrets are stored only when the server asks ---------------------------------------
+
+
+def test_keep_secrets_stores_what_was_loaded(tmp_path):
+    loaded = load(environ={}, cwd=str(tmp_path))
+    assert loaded.secrets_path is None and not (tmp_path / "callfs-data").exists()
+    kept = config.keep_secrets(loaded)
+    assert kept.secrets_created is True and kept.secrets_path == str(secrets_file(tmp_path))
+    assert kept.config.auth == loaded.config.auth
+    assert load(environ={}, cwd=str(tmp_path)).config.auth == kept.config.auth
+    assert config.keep_secrets(kept) is kept
+
+
+def test_keep_secrets_adopts_secrets_stored_meanwhile(tmp_path):
+    early = load(environ={}, cwd=str(tmp_path))
+    stored = load(environ={}, cwd=str(tmp_path), create_secrets=True)
+    kept = config.keep_secrets(early)
+    assert kept.secrets_created is False
+    assert kept.config.auth.api_key_users == stored.config.auth.api_key_users
