@@ -181,6 +181,7 @@ class Run:
                 if conn is None or conn.closed:
                     conn = MixConnection(port)
                     previous, on_connection = "none (a fresh connection)", 0
+                answered_before = len(self.ops)
                 op.sent_at = time.monotonic()
                 response = conn.exchange(segments, method == "HEAD", ANSWER_BOUND)
             except Stall as exc:
@@ -188,7 +189,7 @@ class Run:
                 with self.lock:
                     self.stalls.append(
                         f"client {number}: {op.describe()} — {exc}, after "
-                        f"{op.sent_at - self.started:.1f} s of the run and {len(self.ops)} "
+                        f"{op.sent_at - self.started:.1f} s of the run and {answered_before} "
                         f"answered requests; request {on_connection + 1} on its connection, "
                         f"{exc.sent} of {exc.total} bytes written, received {exc.received!r}; "
                         f"the server socket holds {queued} unread bytes; previous request on "
