@@ -81,8 +81,11 @@ class FilesAPI:
         return Response(200, OCTETS + headers, file=handle, length=handle.size)
 
     async def head(self, request, path: str, trailing: bool) -> Response:
-        """Like GET without a body; Range is ignored (RFC 9110 §14.2)."""
+        """Like GET without a body; Range is ignored (RFC 9110 §14.2). A file's bytes are
+        checked as GET opens them, so a 200 here means a GET could be honoured."""
         inode = await self.engine.stat(request.identity, path)
+        if inode.type != DIRECTORY:
+            inode, _ = await self.engine.open_current(request.identity, inode, read=False)
         conditions = Preconditions.from_headers(request.headers)
         headers = metadata_headers(inode, instance=True)
         if inode.type != DIRECTORY:

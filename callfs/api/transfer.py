@@ -5,6 +5,7 @@ the file in binary messages of at most 64 KiB, read one at a time from the engin
 upload streams the messages into the engine's ordinary atomic write (PUT), which stages them
 and publishes only after the client's close frame.
 """
+import logging
 import os
 
 from callfs.core import errors
@@ -13,6 +14,8 @@ from callfs.core.model import DIRECTORY, ROOT
 from callfs.http.response import Response
 from callfs.http.websocket import (INTERNAL_ERROR, NORMAL, POLICY_VIOLATION, UNSUPPORTED_DATA,
                                    Closed, accept)
+
+log = logging.getLogger("callfs.api")
 
 CHUNK = 64 * 1024  # API.md §12: binary messages of at most 65 536 bytes
 _MODES = ("download", "upload")
@@ -30,10 +33,11 @@ class TransferAPI:
             raise errors.BadRequest("mode must be download or upload")
         identity = request.identity
         if mode == "download":
-            return accept(request, lambda ws: self._download(ws, identity, path), upload=False)
+            return accept(request, lambda ws: self._download(ws, identity, path,
+                                                             request.request_id), upload=False)
         return accept(request, lambda ws: self._upload(ws, identity, path), upload=True)
 
-    async def _download(self, ws, identity: str, path: str) -> None:
+    async def _download(self, ws, identity: str, path: str, request_id: str) -> None:
         engine = self.engine
         try:
             inode = await engine.stat(identity, path)
@@ -47,7 +51,10 @@ class TransferAPI:
             inode, handle = await engine.open_current(identity, inode)
         except errors.PermissionDenied:
             raise Closed(POLICY_VIOLATION, "read access denied") from None
-        except errors.CallFSError:
+        except errors.CallFSError as exc:
+            # The session is open, so no error response carries this: the log does.
+            log.error("websocket download failed", extra={"request_id": request_id,
+                                                          "error": str(exc)})
             raise Closed(INTERNAL_ERROR, "failed to open file") from None
         try:
             offset, size = 0, handle.size

@@ -88,5 +88,14 @@ class InternalError(CallFSError):
     pass
 
 
+class StorageInconsistent(InternalError):
+    """A file's bytes in storage are not what its metadata records: missing, not a regular
+    file, or of another size (a replaced disk, a change behind the server's back). Nothing is
+    served or overwritten until an operator repairs the entry or its bytes. The instance's
+    message, for the log, says what was found; the client sees the class's."""
+
+    message = "the file's stored bytes do not match its metadata"
+
+
 class ClientGone(Exception):
     """The client closed the connection or stopped sending a body; nothing is answered."""
