@@ -201,8 +201,7 @@ def test_httphead_hot_request(benchmark, hot_site, method, implementation):
     module = HEAD_IMPLEMENTATIONS[implementation]
     hot = module.HotPath(auth=auth, engine=engine, security=test_httphead.SECURITY_HEADERS,
                          hsts=test_httphead.HSTS, prepare=test_httphead.prepare,
-                         may_read=test_httphead.permissions.may_read,
-                         format_date=test_httphead.date_header)
+                         may_read=test_httphead.permissions.may_read)
     conn = test_httphead.connection(module, hot)
     data = (method + b" /v1/files/d/small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
             b"Authorization: Bearer " + test_httphead.KEY.encode() + b"\r\n\r\n")

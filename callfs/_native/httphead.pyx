@@ -14,6 +14,7 @@ is built once per content version (`HotFile`, by the Python `prepare` it is give
 
 The plain-Python specification of both is tests/unit/httphead_oracle.py.
 """
+import email.utils
 import os
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -110,7 +111,7 @@ cdef inline uint64_t _next_random() noexcept:
 
 
 def random_id():
-    """A fresh request ID: 16 lowercase hex digits."""
+    """A fresh request ID: 16 lowercase hex digits (the server's one generator)."""
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 16)
     _hex16(PyBytes_AS_STRING(out), _next_random())
     return out
@@ -123,20 +124,24 @@ cdef inline void _hex16(char* out, uint64_t value) noexcept:
         value >>= 4
 
 
-# -- the Date header, formatted by Python once a second ----------------------------------------
+# -- the Date header, formatted once a second: the server's one Date cache ---------------------
 
 cdef time_t _date_second = 0
 cdef bytes _date_line = b""
-cdef object _format_date = None
 
 
 cdef inline bytes _date():
     global _date_second, _date_line
     cdef time_t now = time(NULL)
     if now != _date_second:
-        _date_line = _format_date()
+        _date_line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
         _date_second = now
     return _date_line
+
+
+def date_line():
+    """`Date: ...\r\n` for the current second."""
+    return _date()
 
 
 # -- the hot path -------------------------------------------------------------------------------
@@ -154,8 +159,7 @@ cdef class HotPath:
     """Answers plain GET/HEAD of cached files; see callfs/http/hotpath.py."""
 
     def __init__(self, *, auth, engine, bytes security not None, bytes hsts not None,
-                 prepare, may_read, format_date):
-        global _format_date
+                 prepare, may_read):
         self.engine = engine
         self.store = engine.store
         self.table = getattr(self.store, "table", None)  # None: no cache, no hot path
@@ -167,7 +171,6 @@ cdef class HotPath:
         self.security = security
         self.hsts = hsts
         self.answered = 0
-        _format_date = format_date
 
     def answer(self, bytes method not None, bytes url not None, dict headers not None,
                bint tls):

@@ -16,7 +16,7 @@ for Date and the fresh X-Request-ID.
 from callfs._native.httphead import HotFile, HotPath
 from callfs.api.shapes import cache_headers, metadata_headers
 from callfs.core import permissions
-from callfs.http.response import OCTETS, date_header
+from callfs.http.response import OCTETS
 
 # The largest file whose bytes the hot path keeps with its cache entry (the metadata cache
 # bounds the total).
@@ -27,7 +27,7 @@ def hot_path(*, auth, engine, security: bytes, hsts: bytes) -> HotPath:
     """The hot path of a worker: `auth` for known API keys, `engine` for the metadata cache
     (through its store) and the small files' bytes, the header lines every response carries."""
     return HotPath(auth=auth, engine=engine, security=security, hsts=hsts, prepare=prepare,
-                   may_read=permissions.may_read, format_date=date_header)
+                   may_read=permissions.may_read)
 
 
 def prepare(engine, entry) -> HotFile:

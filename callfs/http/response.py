@@ -1,8 +1,7 @@
 """Responses: a status, extra header lines, and a body from bytes, a file region or a stream."""
-import email.utils
-import time
-
 import orjson
+
+from callfs._native.httphead import date_line as date_header  # noqa: F401 (one Date cache)
 
 REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content",
@@ -20,18 +19,6 @@ STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason 
 def status_line(code: int) -> bytes:
     line = STATUS_LINES.get(code)
     return line if line is not None else f"HTTP/1.1 {code} Status\r\n".encode()
-
-
-_date_cache = [0, b""]
-
-
-def date_header() -> bytes:
-    """`Date: ...\r\n`, formatted once per second."""
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
-    return _date_cache[1]
 
 
 class Response:

@@ -1,11 +1,11 @@
 """Method + route → handler, with authentication, path resolution and the headers every
 response carries (API.md §1–§5). Errors raised below are rendered here, once."""
 import logging
-import random
 import re
 
 import orjson
 
+from callfs._native.httphead import random_id
 from callfs._native.pathnorm import MalformedURL, PathError, normalize_url_path
 from callfs.core import errors
 from callfs.core.errors import CallFSError, ClientGone
@@ -59,7 +59,7 @@ class Router:
         if given is not None and _CLIENT_ID.match(given):
             request.request_id = given.decode()
         else:
-            request.request_id = "%016x" % random.getrandbits(64)
+            request.request_id = random_id().decode()
         try:
             response = await self._dispatch(request)
         except CallFSError as exc:

@@ -1,7 +1,9 @@
 """Plain-Python specification of callfs._native.httphead: the request head's parser callbacks
 and the hot path's answer. The native module must behave exactly like this (test_httphead.py).
 """
+import email.utils
 import random
+import time
 
 from callfs._native.pathnorm import normalize_url_path
 
@@ -32,6 +34,10 @@ class Reject(Exception):
         self.status = status
 
 
+def date_line() -> bytes:
+    return b"Date: " + email.utils.formatdate(int(time.time()), usegmt=True).encode() + b"\r\n"
+
+
 def random_id() -> bytes:
     return b"%016x" % random.getrandbits(64)
 
@@ -46,14 +52,13 @@ class HotFile:
 
 
 class HotPath:
-    def __init__(self, *, auth, engine, security, hsts, prepare, may_read, format_date):
+    def __init__(self, *, auth, engine, security, hsts, prepare, may_read):
         self.auth = auth
         self.engine = engine
         self.security = security
         self.hsts = hsts
         self.prepare = prepare
         self.may_read = may_read
-        self.format_date = format_date
         self.answered = 0
 
     def _cached_file(self, identity: str, path: str):
@@ -87,9 +92,9 @@ class HotPath:
         if hot is None or not hasattr(hot, "get_head"):
             hot = self.prepare(self.engine, entry)
         if method == b"HEAD":
-            parts = [b"HTTP/1.1 200 OK\r\n", self.format_date(), hot.head_head]
+            parts = [b"HTTP/1.1 200 OK\r\n", date_line(), hot.head_head]
         elif hot.body is not None:
-            parts = [b"HTTP/1.1 200 OK\r\n", self.format_date(), hot.get_head]
+            parts = [b"HTTP/1.1 200 OK\r\n", date_line(), hot.get_head]
         else:
             return None
         parts.append(self.security)

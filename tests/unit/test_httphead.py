@@ -27,7 +27,6 @@ from callfs.core import permissions  # noqa: E402
 from callfs.core.engine import Engine  # noqa: E402
 from callfs.http.auth import Authenticator  # noqa: E402
 from callfs.http.hotpath import SMALL_FILE, prepare  # noqa: E402
-from callfs.http.response import date_header  # noqa: E402
 from callfs.http.router import HSTS, SECURITY_HEADERS  # noqa: E402
 from callfs.locks.local import LocalLockManager  # noqa: E402
 from callfs.metadata.cache import CachedStore, open_table  # noqa: E402
@@ -255,7 +254,7 @@ def hot_paths(engine, auth):
     for implementation in (native, oracle):
         made.append(implementation.HotPath(
             auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS, prepare=prepare,
-            may_read=permissions.may_read, format_date=date_header))
+            may_read=permissions.may_read))
     return made
 
 
