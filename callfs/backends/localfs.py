@@ -6,6 +6,7 @@ leaves at worst a temporary file that the sweep removes.
 """
 import asyncio
 import errno
+import fcntl
 import os
 import secrets
 import stat
@@ -47,6 +48,21 @@ class ReadHandle:
             self.fd = -1
 
 
+def in_use(staged: str) -> bool:
+    """Whether a live writer (of any process) holds the staged file `staged` (its flock)."""
+    try:
+        fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def tmp_name(target: str) -> str:
     """A staged file's name: random, plus a hash of the name it will take, so that recovery
     after a crash can tell which entry a leftover belongs to."""
@@ -55,22 +71,27 @@ def tmp_name(target: str) -> str:
 
 class LocalUpload:
     """One staged file, named relative to its directory's descriptor. `write` appends
-    synchronously (page-cache writes are short); `commit` does the slow part, fsync, off the
-    event loop, and publishes the file; `finish` (after the metadata records it) or `undo`
-    (when it could not) ends the write. Until then the temporary name stays on disk: it is
-    the write's intent record, which recovery finds if the process dies in between."""
+    synchronously (page-cache writes are short); `seal` makes the bytes durable off the event
+    loop — all of that with no lock held, at the client's pace. `commit`, under the path's
+    lock, publishes the file; `finish` (after the metadata records it) or `undo` (when it
+    could not) ends the write. Until then the temporary name stays on disk: it is the write's
+    intent record, which recovery finds if the process dies in between. While the writer
+    lives, the staged file carries its flock (`in_use`), so no recovery pass of any process
+    takes it for a crash's leftover."""
 
-    def __init__(self, dir_fd: int, name: str, durable: bool, new: bool = False):
+    def __init__(self, dir_fd: int, name: str, durable: bool, locate=None):
         self.dir_fd = dir_fd
         self.name = name
         self.tmp = tmp_name(name)
+        self._locate = locate  # the parent directory now at the path: (dir_fd, name)
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                           _FILE_MODE, dir_fd=dir_fd)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
         info = os.fstat(self.fd)
         self._identity = (info.st_ino, info.st_dev)  # tells our bytes at the name from others'
         self.size = 0
         self._durable = durable
-        self._new = new
+        self._new = False
         self._published = None  # "exchange" (tmp now holds the old version) or "link"
 
     def write(self, chunk) -> None:
@@ -86,17 +107,28 @@ class LocalUpload:
         if transfer is not None:
             self.size += await transfer(self.fd)
 
-    async def commit(self, mtime_ns: int | None = None, check=None) -> None:
-        """Publish the staged bytes. With `mtime_ns` the file carries that modification time,
-        so a reader can tell which recorded version an open file holds (`read_version`).
-        `check`, called just before publishing, raises to refuse (the writer's lock lapsed)."""
+    async def seal(self) -> None:
+        """The body is whole: make its bytes durable (no lock needed, none held)."""
+        if self._durable:
+            try:
+                await asyncio.to_thread(os.fsync, self.fd)
+            except BaseException:
+                self.abort()
+                raise
+
+    async def commit(self, mtime_ns: int | None = None, check=None, new: bool = False) -> None:
+        """Publish the staged bytes, under the path's lock. With `mtime_ns` the file carries
+        that modification time, so a reader can tell which recorded version an open file holds
+        (`read_version`). `check`, called just before publishing, raises to refuse (the
+        writer's lock lapsed). `new` when the metadata holds no entry at the path, so that an
+        empty directory on disk at that name (a failed upload's leftover) may go."""
         try:
+            self._new = new
+            self._rehome()
             if mtime_ns is not None:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
             if self._durable:
-                await asyncio.to_thread(os.fsync, self.fd)
-            os.close(self.fd)
-            self.fd = -1
+                await asyncio.to_thread(os.fsync, self.fd)  # sealed: the new times only
             if check is not None:
                 check()
             self._publish()
@@ -109,12 +141,35 @@ class LocalUpload:
                 self.abort()
             raise
 
+    def _rehome(self) -> None:
+        """Staging took no lock, so a directory above may have moved (taking the staged file
+        along) or been made again since: the file moves to the directory now at the path."""
+        if self._locate is None:
+            return
+        dir_fd, _ = self._locate()
+        try:
+            here, there = os.fstat(self.dir_fd), os.fstat(dir_fd)
+            if (here.st_ino, here.st_dev) != (there.st_ino, there.st_dev):
+                os.rename(self.tmp, self.tmp, src_dir_fd=self.dir_fd, dst_dir_fd=dir_fd)
+                self.dir_fd, dir_fd = dir_fd, self.dir_fd
+        finally:
+            os.close(dir_fd)
+
     def _publish(self) -> None:
         """The staged file takes the name, atomically for readers. Over an existing file the
         names are exchanged (the old version stays under the temporary name until `finish`):
         this also spares ext4 the writeback that rename(2) starts when it replaces a file
         (see _native/fsops). A new name is a hard link, so the temporary name remains too."""
         dir_fd = self.dir_fd
+
+        def directory_there() -> errors.CallFSError:
+            # For a new entry a lost race with a directory's creation; over a file the metadata
+            # records, bytes that are not the file's: say so, it is no namespace conflict.
+            if self._new:
+                return errors.AlreadyExists("a directory exists at this path")
+            return errors.StorageInconsistent(
+                f"{self.name}: a directory on disk where the metadata records a file")
+
         try:
             rename_exchange(dir_fd, self.tmp, dir_fd, self.name)
         except FileNotFoundError:
@@ -127,14 +182,16 @@ class LocalUpload:
                 os.link(self.name, self.tmp + _OLD, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
-            except IsADirectoryError:
-                raise errors.AlreadyExists("a directory exists at this path") from None
+            except (IsADirectoryError, PermissionError):  # link(2) of a directory: EPERM
+                if not _is_dir(self.name, dir_fd):
+                    raise
+                raise directory_there() from None
             else:
                 try:
                     os.rename(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 except IsADirectoryError:
                     os.unlink(self.tmp + _OLD, dir_fd=dir_fd)
-                    raise errors.AlreadyExists("a directory exists at this path") from None
+                    raise directory_there() from None
                 self.tmp += _OLD
                 self._published = "exchange"
                 return
@@ -145,7 +202,7 @@ class LocalUpload:
             rename_exchange(dir_fd, self.tmp, dir_fd, self.name)  # the directory back
             self._published = None
             if not self._drop_orphan_directory():
-                raise errors.AlreadyExists("a directory exists at this path")
+                raise directory_there()
         try:
             os.link(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
                     follow_symlinks=False)
@@ -173,7 +230,7 @@ class LocalUpload:
             except FileNotFoundError:
                 pass
             self.tmp = None
-        self._close_dir()
+        self._close()
 
     def undo(self) -> None:
         """The metadata could not record the write: put back what the name held before —
@@ -205,18 +262,21 @@ class LocalUpload:
         return (info.st_ino, info.st_dev) == self._identity
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Drop the staged bytes (nothing published, or `undo` put back what was); a no-op
+        once the write ended. The name goes before the descriptor (and its flock), so a
+        recovery pass never finds it unlocked."""
         if self.tmp is not None:
             try:
                 os.unlink(self.tmp, dir_fd=self.dir_fd)
             except FileNotFoundError:
                 pass
             self.tmp = None
-        self._close_dir()
+        self._close()
 
-    def _close_dir(self) -> None:
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if self.dir_fd >= 0:
             os.close(self.dir_fd)
             self.dir_fd = -1
@@ -346,8 +406,11 @@ class LocalFSBackend:
             raise errors.NotFound() from None
 
     def open_read(self, path: str) -> ReadHandle:
+        """The regular file at `path`, opened. NotFound when nothing is there; a directory or
+        any other kind of file there is StorageInconsistent (the metadata knows files only as
+        regular files). O_NONBLOCK keeps a FIFO at the name from blocking the open."""
         target = self.disk_path(path)
-        flags = os.O_RDONLY | os.O_CLOEXEC
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             if len(target) < _SHORT_PATH:
                 fd = os.open(target, flags)
@@ -357,9 +420,17 @@ class LocalFSBackend:
                     fd = os.open(name, flags, dir_fd=dir_fd)
                 finally:
                     os.close(dir_fd)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
             raise errors.NotFound() from None
-        info = os.fstat(fd)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise errors.StorageInconsistent(
+                    f"{path}: not a regular file on disk (mode {stat.filemode(info.st_mode)})")
+            os.set_blocking(fd, True)  # reads of the file itself block, as everywhere else
+        except BaseException:
+            os.close(fd)
+            raise
         return ReadHandle(fd, info.st_size, info.st_mtime_ns)
 
     def read_version(self, path: str, size: int, mtime_ns: int) -> bytes | None:
@@ -374,12 +445,11 @@ class LocalFSBackend:
         finally:
             handle.close()
 
-    def begin_write(self, path: str, new: bool = False) -> LocalUpload:
-        """A staged write of `path`; `new` when the metadata holds no entry there, so that
-        an empty directory on disk at that name (a failed upload's leftover) may go."""
+    def begin_write(self, path: str) -> LocalUpload:
+        """A staged write of `path`, in the directory that will hold it."""
         dir_fd, name = self._parent(path, True)
         try:
-            return LocalUpload(dir_fd, name, self.durable, new)
+            return LocalUpload(dir_fd, name, self.durable, lambda: self._parent(path, True))
         except BaseException:
             os.close(dir_fd)
             raise
@@ -442,10 +512,11 @@ class LocalFSBackend:
         return True
 
     def leftovers(self, min_age: float = 0.0, started_ns: int = 0) -> list["Leftover"]:
-        """Files named like a staged write that have stood still `min_age` seconds, or since
-        before `started_ns` (when the server started: no write of its own made them). The
-        others may be writes in flight, whose lock their writer holds under the path it
-        writes — not the one found here when a directory above moved meanwhile. Each comes
+        """Files named like a staged write that no live writer holds (`in_use`) and that have
+        stood still `min_age` seconds, or since before `started_ns` (when the server started:
+        no write of its own made them). The others may be writes in flight, whose lock their
+        writer holds under the path it writes — not the one found here when a directory above
+        moved meanwhile. Each comes
         with the entry it belongs to when that can be told from the names on disk, and with
         its directory and the hash of the entry's name."""
         found = []
@@ -476,7 +547,7 @@ class LocalFSBackend:
                         same = (other.st_ino, other.st_dev) == (info.st_ino, info.st_dev)
                     except FileNotFoundError:
                         target = None
-                if info.st_ctime_ns > cutoff:
+                if info.st_ctime_ns > cutoff or in_use(os.path.join(directory, name)):
                     continue
                 found.append(Leftover(f"{base}/{name}",
                                       None if target is None else f"{base}/{target}", same,

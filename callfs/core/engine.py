@@ -2,9 +2,10 @@
 may do, takes the path's lock, moves bytes through a backend and records them in the metadata
 store. It never sees HTTP; handlers never see a backend or the database.
 
-Order of a write: bytes first (staged, then published by rename), metadata second, both under
-the path's lock. A reader never sees a half-written file; a metadata row never appears before
-its bytes.
+Order of a write: the body is staged with no lock held (a slow client holds nobody up); then,
+under the path's lock, the entry is read again, the bytes published by rename and the metadata
+committed (compare-and-set on version, with the fencing number). A reader never sees a
+half-written file; a metadata row never appears before its bytes.
 """
 import asyncio
 import logging
@@ -79,45 +80,79 @@ class Engine:
             raise errors.InternalError(f"backend {inode.backend} is not configured")
         return backend
 
-    def open_file(self, identity: str, inode: Inode):
-        """A read handle (fd + size) for a file; NotFound when its bytes are gone."""
-        if not permissions.may_read(identity, inode):
+    def open_file(self, identity: str, inode: Inode, *, read: bool = True):
+        """A read handle (fd + size) for a file: NotFound when nothing is at its name,
+        StorageInconsistent when something other than a regular file is. `read=False` opens
+        for a caller that only checks the bytes (HEAD needs no read permission, API.md §7)."""
+        if read and not permissions.may_read(identity, inode):
             raise errors.PermissionDenied()
         return self.backend_for(inode).open_read(inode.path)
 
-    async def open_current(self, identity: str, inode: Inode):
-        """Open a file's bytes with the metadata that describes them: (inode, handle).
+    async def open_current(self, identity: str, inode: Inode, *, read: bool = True):
+        """Open a file's bytes with the metadata that describes them: (inode, handle); with
+        `read=False` (HEAD) the bytes are only checked and the handle is None.
 
         Every write stamps its file with the mtime it records, publishes the bytes and then
-        records them, all under the path's lock. So bytes newer than their record belong to the
-        one write in progress (or one a crash interrupted), and the record it will write is
+        records them, all under the path's lock. So bytes newer than their record, while the
+        path is busy, belong to the one write in progress, and the record it will write is
         known: the next version, with the file's size and stamp. They are served as that, so
-        headers (size, ETag) always describe the bytes sent. Bytes not newer than the record
-        but of another size (written before stamps existed, or torn by a crash) are served
-        with their own size.
+        headers (size, ETag) always describe the bytes sent. Anything else that disagrees with
+        the record (no bytes, not a regular file, another size, newer bytes with no write in
+        flight) is looked at again once whatever changes the path (a move, a delete, a write
+        between publishing and recording) is done; if the record still says otherwise, the
+        bytes are not the file's: StorageInconsistent, a 500, never a 2xx that cannot be
+        honoured (a missing file's record says it exists, so not a 404 either).
         """
-        try:
-            handle = self.open_file(identity, inode)
-        except errors.NotFound:
-            # A move may have taken the bytes away and not yet committed: wait for it, then
-            # answer from the metadata it leaves.
-            inode = await self._after_move(inode)
-            handle = self.open_file(identity, inode)
-        on_disk = getattr(handle, "mtime_ns", None)
-        if on_disk is None or (handle.size == inode.size and on_disk <= inode.mtime_ns):
-            return inode, handle
-        if on_disk > inode.mtime_ns:
-            return msgspec.structs.replace(inode, size=handle.size, mtime_ns=on_disk,
-                                           version=inode.version + 1), handle
-        return msgspec.structs.replace(inode, size=handle.size), handle
-
-    async def _after_move(self, inode: Inode) -> Inode:
         busy = getattr(self.store, "busy", None)
-        if busy is None or not busy(inode.path):
-            raise errors.NotFound()
-        deadline = asyncio.get_running_loop().time() + MOVE_WAIT
-        while busy(inode.path) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.002)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MOVE_WAIT
+        while True:
+            newer = False
+            try:
+                handle = self.open_file(identity, inode, read=read)
+            except (errors.NotFound, errors.StorageInconsistent) as exc:
+                problem = exc
+            else:
+                on_disk = getattr(handle, "mtime_ns", None)
+                current = None
+                if on_disk is None or (handle.size == inode.size and on_disk <= inode.mtime_ns):
+                    current = inode
+                elif on_disk > inode.mtime_ns:
+                    newer = True
+                    if busy is not None and busy(inode.path):
+                        current = msgspec.structs.replace(inode, size=handle.size,
+                                                          mtime_ns=on_disk,
+                                                          version=inode.version + 1)
+                if current is not None:
+                    if read:
+                        return current, handle
+                    handle.close()
+                    return current, None
+                handle.close()
+                problem = errors.StorageInconsistent(
+                    f"{inode.path}: {handle.size} bytes on disk, {'newer than ' if newer else ''}"
+                    f"the {inode.size} bytes the metadata records")
+            # A move or delete may have taken the bytes away, a write be between publishing and
+            # recording: the entry as it stands once that is done (NotFound when it is gone).
+            fresh = await self._after_move(inode, deadline)
+            if fresh != inode and loop.time() < deadline:
+                inode = fresh
+                continue
+            if not newer or loop.time() >= deadline:
+                if isinstance(problem, errors.NotFound):
+                    problem = errors.StorageInconsistent(
+                        f"{inode.path}: no bytes on disk for a file the metadata records")
+                raise problem
+            await asyncio.sleep(0.002)  # newer bytes whose record has not begun yet
+
+    async def _after_move(self, inode: Inode, deadline: float) -> Inode:
+        """The entry at `inode`'s path once no write, move or delete is changing it (waiting
+        until `deadline` at most); NotFound when no file is there any more."""
+        busy = getattr(self.store, "busy", None)
+        if busy is not None:
+            loop = asyncio.get_running_loop()
+            while busy(inode.path) and loop.time() < deadline:
+                await asyncio.sleep(0.002)
         fresh = await self._get(inode.path)
         if fresh is None or fresh.type != FILE:
             raise errors.NotFound()
@@ -228,49 +263,89 @@ class Engine:
         return False
 
     async def create_file(self, identity: str, path: str, body, check: Check | None = None) -> None:
-        """POST without a trailing slash: a new file; never overwrites."""
+        """POST without a trailing slash: a new file; never overwrites. The body is staged
+        with no lock held; whether the name is still free is decided when it publishes."""
         existing, _ = await self._check_create(identity, path, FILE)
         if existing is not None:
             raise errors.AlreadyExists()
         if check is not None:
             check(None)
         _check_announced_size(body)
-        async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-            existing, anchor = await self._check_create(identity, path, FILE)
-            if existing is not None:
-                raise errors.AlreadyExists()
-            if check is not None:
-                check(None)
-            await self._store_new(identity, path, body, lease, anchor)
+        backend_name = self.default_backend
+        upload = await self._stage(self.backends[backend_name], path, body)
+        try:
+            async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
+                existing, anchor = await self._check_create(identity, path, FILE)
+                if existing is not None:
+                    raise errors.AlreadyExists()
+                if check is not None:
+                    check(None)
+                await self._publish_new(identity, path, upload, backend_name, lease, anchor)
+        finally:
+            upload.abort()  # nothing once the write ended; the staged bytes otherwise
 
     async def put_file(self, identity: str, path: str, body, check: Check | None = None) -> bool:
-        """PUT: create (True) or replace the content of an existing file (False)."""
+        """PUT: create (True) or replace the content of an existing file (False).
+
+        The body is staged with no lock held, so a slow client holds no other writer up; the
+        path's lock is taken only to publish, where the entry is read again and the
+        precondition decided against it: the last writer to publish wins."""
         existing, _ = await self._check_create(identity, path, FILE)
         if existing is not None and existing.type == DIRECTORY:
             raise errors.IsADirectory()
         if check is not None:
             check(existing)
         _check_announced_size(body)
-        async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-            existing, anchor = await self._check_create(identity, path, FILE)
-            if existing is None:
+        backend_name = self.default_backend if existing is None else existing.backend
+        upload = await self._stage(self._backend_named(backend_name), path, body)
+        try:
+            async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
+                existing, anchor = await self._check_create(identity, path, FILE)
+                if existing is None:
+                    if check is not None:
+                        check(None)
+                    await self._publish_new(identity, path, upload, backend_name, lease, anchor)
+                    return True
+                if existing.type == DIRECTORY:
+                    raise errors.IsADirectory()
                 if check is not None:
-                    check(None)
-                await self._store_new(identity, path, body, lease, anchor)
-                return True
-            if existing.type == DIRECTORY:
-                raise errors.IsADirectory()
-            if check is not None:
-                check(existing)
-            await self._replace(existing, body, lease)
-            return False
+                    check(existing)
+                if existing.backend != backend_name:
+                    raise errors.WriteConflict("the file changed while it was written; try again")
+                await self._publish_replace(existing, upload, lease)
+                return False
+        finally:
+            upload.abort()
 
     async def _store_new(self, identity: str, path: str, body, lease, anchor,
                          mode: int | None = None) -> Inode:
+        """Stage and publish a new file while the caller holds the path's lock (a copy)."""
         backend_name = self.default_backend
-        backend = self.backends[backend_name]
+        upload = await self._stage(self.backends[backend_name], path, body)
+        try:
+            return await self._publish_new(identity, path, upload, backend_name, lease, anchor,
+                                           mode)
+        finally:
+            upload.abort()
+
+    async def _replace(self, existing: Inode, body, lease) -> Inode:
+        """Stage and publish a file's new content while the caller holds its lock (a copy)."""
+        upload = await self._stage(self.backend_for(existing), existing.path, body)
+        try:
+            return await self._publish_replace(existing, upload, lease)
+        finally:
+            upload.abort()
+
+    def _backend_named(self, name: str):
+        backend = self.backends.get(name)
+        if backend is None:
+            raise errors.InternalError(f"backend {name} is not configured")
+        return backend
+
+    async def _publish_new(self, identity: str, path: str, upload, backend_name: str, lease,
+                           anchor, mode: int | None = None) -> Inode:
         stamp = now_ns()
-        upload = await self._stage(backend, path, body, stamp, lease, new=True)
+        await upload.commit(stamp, lease.check, new=True)
         entry = NewInode(path=path, type=FILE, size=upload.size,
                          mode=self.file_mode if mode is None else mode,
                          owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
@@ -279,10 +354,9 @@ class Engine:
         ancestors = self._ancestor_rows(path, identity, stamp, backend_name)
         return await self._record(upload, lease, self.store.create, ancestors, entry, anchor)
 
-    async def _replace(self, existing: Inode, body, lease) -> Inode:
-        backend = self.backend_for(existing)
+    async def _publish_replace(self, existing: Inode, upload, lease) -> Inode:
         stamp = now_ns()
-        upload = await self._stage(backend, existing.path, body, stamp, lease)
+        await upload.commit(stamp, lease.check)
         try:
             return await self._record(upload, lease, self.store.update_content, existing,
                                       upload.size, stamp, lease.fence)
@@ -294,14 +368,12 @@ class Engine:
     @staticmethod
     async def _record(upload, lease, record, *args):
         """Bytes are published; record them — unless the lock was lost meanwhile (a lease that
-        expired while the body streamed). The store refuses the record, too, when a newer
+        expired while the store was slow). The store refuses the record, too, when a newer
         writer (a larger fencing number, a newer version) got there first. If recording fails,
         the name gets its old content back, unless a newer writer has published since; if the
         process dies first, the upload's intent lets recovery finish the job."""
         try:
-            check = getattr(lease, "check", None)
-            if check is not None:
-                check()
+            lease.check()
             inode = await record(*args)
         except BaseException:
             upload.undo()
@@ -309,11 +381,11 @@ class Engine:
         upload.finish()
         return inode
 
-    async def _stage(self, backend, path: str, body, stamp: int, lease, new: bool = False):
-        """Stream the body into a staged object and publish it, stamped with the mtime the
-        metadata will record; returns the upload, to `finish` or `undo` once recorded.
-        A lease that lapsed while the body streamed publishes nothing."""
-        upload = backend.begin_write(path, new)
+    async def _stage(self, backend, path: str, body):
+        """Stream the body into a staged object and make it durable; no lock is needed (none
+        is held by a caller that is not copying). Returns the upload, to `commit` under the
+        path's lock, then `finish` or `undo` once recorded (or `abort`)."""
+        upload = backend.begin_write(path)
         try:
             fill = getattr(upload, "fill", None)
             if fill is not None and getattr(body, "expected", None) is not None:
@@ -327,10 +399,10 @@ class Engine:
                 upload.write(chunk)
                 if upload.size > MAX_UPLOAD:
                     raise errors.PayloadTooLarge()
+            await upload.seal()
         except BaseException:
             upload.abort()
             raise
-        await upload.commit(stamp, getattr(lease, "check", None))
         return upload
 
     # -- rename, move --------------------------------------------------------------------------

@@ -18,6 +18,10 @@ def dir_key(path: str) -> str:
 class Lease(Protocol):
     fence: int
 
+    def check(self) -> None:
+        """Raise (503 LOCK_TIMEOUT) when the lease may have lapsed: called just before a write
+        publishes, so a writer that lost its lock changes nothing."""
+
     async def release(self) -> None: ...
 
 

@@ -29,6 +29,10 @@ class _Lease:
         self.fence = fence
         self._released = False
 
+    def check(self) -> None:
+        """Local locks never lapse while their process lives (the kernel frees them only with
+        it): nothing to refuse."""
+
     async def release(self) -> None:
         if not self._released:
             self._released = True

@@ -166,48 +166,71 @@ def _until_ok(attempt, limit: float = 20) -> None:
     raise AssertionError("the server did not recover in time")
 
 
-def test_a_writer_paused_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_path, database):
-    """Fencing: server A takes the lock for an upload and is frozen (SIGSTOP) past the lock's
-    lifetime; server B then writes the path. When A wakes and finishes the body, its write is
-    refused (503) and B's version stays, bytes and metadata alike."""
-    import redis
+def test_a_writer_stalled_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_path, database):
+    """Fencing: writer A (an engine in this process) stages its body with no lock, takes the
+    path's lock to publish, and stalls there — its event loop blocked past the lock's lifetime,
+    so no renewal runs. Server B then writes the path. When A goes on, its write is refused
+    (503 LOCK_TIMEOUT) and B's version stays, bytes and metadata alike."""
+    from callfs.backends.localfs import LocalFSBackend
+    from callfs.core.engine import Engine
+    from callfs.core.errors import LockTimeout
+    from callfs.locks.redis import RedisLockManager
+    from callfs.metadata.postgres import PostgresStore
 
     root = tmp_path / "files"
     sections = _sections(root, database)
     sections["dlm"]["lock_ttl"] = "2s"
-    first = launch(tmp_path / "a", workers=1, **sections)
     second = launch(tmp_path / "b", workers=1, **sections)
     path = f"/fence/{uuid.uuid4().hex}"
-    keys = redis.Redis(host="127.0.0.1", port=6379)
-    try:
-        assert _call(first.port, "PUT", path, b"original")[0] == 201
-        body = b"L" * 200_000
-        sock = socket.create_connection(("127.0.0.1", first.port), timeout=30)
-        sock.sendall((f"PUT /v1/files{path} HTTP/1.1\r\nHost: t\r\n"
-                      f"Authorization: Bearer {KEYS['alice']}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:1000])
-        lock_key = f"callfs:lock:file:{path}"
-        deadline = time.monotonic() + 10
-        while not keys.exists(lock_key):
-            assert time.monotonic() < deadline, "the uploading server never took the lock"
-            time.sleep(0.01)
-        first.proc.send_signal(signal.SIGSTOP)
+    results = {}
+
+    class Body:
+        expected = None
+
+        def __init__(self, data: bytes):
+            self.data = data
+
+        async def read(self) -> bytes:
+            data, self.data = self.data, b""
+            return data
+
+    def newer_write():
+        started = time.monotonic()
+        results["b"] = _call(second.port, "PUT", path, b"newer")[0]
+        results["waited"] = time.monotonic() - started
+
+    def stall(existing):
+        """A's precondition: called once before the lock, then under it — where it stalls."""
+        results["calls"] = results.get("calls", 0) + 1
+        if results["calls"] == 2:
+            writer = threading.Thread(target=newer_write)
+            writer.start()
+            time.sleep(4.5)  # the loop is blocked: A's lease lapses, B takes the lock and writes
+            writer.join(20)
+
+    async def writer_a():
+        store = PostgresStore(database)
+        locks = RedisLockManager("127.0.0.1:6379", ttl=2.0)
+        engine = Engine(store=store, locks=locks,
+                        backends={"localfs": LocalFSBackend(str(root), durable=True)},
+                        default_backend="localfs", instance_id="node-test", file_op_timeout=10,
+                        metadata_op_timeout=5)
+        await store.open()
+        await locks.open()
         try:
-            started = time.monotonic()
-            status, _, _ = _call(second.port, "PUT", path, b"newer")
-            waited = time.monotonic() - started
-            assert status == 200
-            assert 1.0 < waited < 8, waited  # it waited for the frozen holder's lock to expire
+            with pytest.raises(LockTimeout):
+                await engine.put_file("alice", path, Body(b"stale"), check=stall)
         finally:
-            first.proc.send_signal(signal.SIGCONT)
-        sock.sendall(body[1000:])
-        reply = sock.recv(65536)
-        sock.close()
-        assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
-        assert b"LOCK_TIMEOUT" in reply
-        for port in (first.port, second.port):
-            status, headers, data = _call(port, "GET", path)
-            assert (status, data, headers["x-callfs-size"]) == (200, b"newer", "5")
+            await locks.close()
+            await store.close()
+
+    try:
+        assert _call(second.port, "PUT", path, b"original")[0] == 201
+        asyncio.run(writer_a())
+        assert results["b"] == 200
+        assert 1.0 < results["waited"] < 8, results  # it waited for A's lock to expire
+        status, headers, data = _call(second.port, "GET", path)
+        assert (status, data, headers["x-callfs-size"]) == (200, b"newer", "5")
         with open(str(root) + path, "rb") as fh:
             assert fh.read() == b"newer"
         fences = asyncio.run(_fences(database, path))
@@ -215,8 +238,6 @@ def test_a_writer_paused_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_pa
         assert not [n for _, _, files in os.walk(root) for n in files
                     if n.startswith(".callfs-tmp-")]
     finally:
-        keys.close()
-        assert first.stop() == 0
         assert second.stop() == 0
 
 

@@ -367,6 +367,9 @@ def test_mixed_keep_alive_clients_are_always_answered_and_files_stay_whole(tmp_p
     for srv in servers:
         if "Traceback" in srv.log():
             problems.append(f"a traceback in the log of port {srv.port}:\n{srv.log()[-3000:]}")
+        if srv.stray_pauses():
+            problems.append(f"connections paused with nothing pending (port {srv.port}):\n"
+                            + "\n".join(srv.stray_pauses()))
     failures = []
     if run.stalls:
         failures += ["requests got no answer within the bound:"] + run.stalls

@@ -145,11 +145,18 @@ def test_recovery_restores_bytes_set_aside_only_into_a_free_name(backend):
     assert content(backend, "/d/f") == b"bytes"
 
 
+def died(upload) -> None:
+    """The writer's process is gone: its descriptor (and the flock on the staged file) too."""
+    os.close(upload.fd)
+    upload.fd = -1
+
+
 def test_leftovers_while_serving_are_only_old_ones_or_older_than_the_server(backend):
     """A pass while serving skips a staged file younger than `min_age` unless it predates the
     server's start (a write in flight may hold its lock under a path a move changed since)."""
-    upload = backend.begin_write("/d/f", new=True)
+    upload = backend.begin_write("/d/f")
     upload.write(b"in flight")
+    died(upload)
     now = time.time_ns()
     assert [item.target for item in backend.leftovers(0.0)] == [None]
     assert backend.leftovers(60.0, started_ns=now - 10 ** 9) == []
@@ -158,3 +165,36 @@ def test_leftovers_while_serving_are_only_old_ones_or_older_than_the_server(back
     assert not found[0].written_for("g")
     upload.abort()
     assert backend.leftovers(0.0) == []
+
+
+def test_a_live_writers_staged_file_is_never_a_leftover(backend):
+    """Staging holds no path lock: the staged file's flock tells every recovery pass (of any
+    process) that its writer lives, however old the file or the pass's cut-off."""
+    stage(backend, "/d/f", b"old").finish()
+    upload = backend.begin_write("/d/f")
+    upload.write(b"slow")
+    far = time.time_ns() + 10 ** 12
+    assert backend.leftovers(0.0, started_ns=far) == []
+    asyncio.run(upload.commit(2))  # published (an exchange), not yet recorded
+    assert [(i.target, i.same) for i in backend.leftovers(0.0, started_ns=far)] == \
+        [("/d/f", False)]  # the old version: the path's lock guards it from here
+    upload.finish()
+    assert backend.leftovers(0.0, started_ns=far) == [] and content(backend, "/d/f") == b"slow"
+
+
+@pytest.mark.parametrize("remade", [True, False])
+def test_a_staged_file_follows_its_path_when_a_directory_above_moves(backend, remade):
+    """A directory above moved while the body streamed (taking the staged file along): the
+    file is published at the path it was sent to, in the directory now there."""
+    stage(backend, "/a/b/f", b"old").finish()
+    upload = backend.begin_write("/a/b/f")
+    upload.write(b"new")
+    os.rename(backend.disk_path("/a"), backend.disk_path("/moved"))
+    if remade:
+        os.makedirs(backend.disk_path("/a/b"))
+    asyncio.run(upload.seal())
+    asyncio.run(upload.commit(3, new=True))
+    upload.finish()
+    assert content(backend, "/a/b/f") == b"new"
+    assert content(backend, "/moved/b/f") == b"old"
+    assert staged(backend) == []
