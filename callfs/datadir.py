@@ -17,7 +17,8 @@ import fcntl
 import os
 import time
 
-LOCK_WAIT_SECONDS = 2.0  # lets a server killed a moment ago finish exiting
+LOCK_WAIT_SECONDS = 2.0  # lets a server stopped a moment ago finish exiting
+ORPHAN_WAIT_SECONDS = 30.0  # workers of a killed master, still dying (a long fsync)
 _POLL_SECONDS = 0.05
 
 
@@ -97,7 +98,7 @@ def _open(target: Target) -> int:
 
 def _lock(fd: int, target: Target, shared: bool, wait: float) -> None:
     mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-    deadline = time.monotonic() + wait
+    start = time.monotonic()
     while True:
         try:
             fcntl.flock(fd, mode)
@@ -106,9 +107,39 @@ def _lock(fd: int, target: Target, shared: bool, wait: float) -> None:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise DataDirectoryError(
                     f"cannot lock {target.label} ({target.path}): {exc.strerror}") from None
-        if time.monotonic() >= deadline:
+        waited = time.monotonic() - start
+        if waited >= wait and (waited >= ORPHAN_WAIT_SECONDS or _locker_alive(fd)):
             raise DataDirectoryBusy(_busy_message(target, shared))
         time.sleep(_POLL_SECONDS)
+
+
+def _locker_alive(fd: int) -> bool:
+    """Whether a process that took a lock on this file still runs. The kernel names the
+    master that locked it; when that master is gone, the holders are its workers on their
+    way out (they die with it), and their lock is about to vanish."""
+    inode = os.fstat(fd).st_ino
+    try:
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return True  # no way to tell: assume a live server
+    pids = []
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            pids.append(int(fields[4]))
+    return not pids or any(_running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _busy_message(target: Target, shared: bool) -> str:
