@@ -6,7 +6,8 @@
 #
 # Environment: CALLFS_VENV (use this existing installation as it is, instead of installing the
 # checkout into .venv), CALLFS_CEILING (path of pyceiling.py; default ../shared/bench/),
-# CALLFS_BENCH_MIRROR (Debian mirror for wrk's source), XDG_CACHE_HOME (where wrk is cached).
+# CALLFS_BENCH_MIRROR (a Debian mirror to fetch wrk's source from, instead of apt's configured
+# sources), XDG_CACHE_HOME (where wrk is cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ PYTHON=${PYTHON:-python3}
 # Debian bookworm's wrk, the source bench/wrk-head.patch applies to.
 WRK_SUITE=bookworm
 WRK_VERSION=4.1.0-3
-MIRROR=${CALLFS_BENCH_MIRROR:-http://deb.debian.org/debian}
+MIRROR=${CALLFS_BENCH_MIRROR:-}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/callfs-bench
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -67,6 +68,26 @@ WRK=$CACHE/wrk-$WRK_VERSION-$PATCH_HASH/wrk
 WORK=
 trap '[ -z "$WORK" ] || rm -rf "$WORK"' EXIT
 
+# apt_sources_as_source DIR: the system's configured apt sources, as source (deb-src)
+# entries, into DIR/sources.list and DIR/parts: the same archives and keys, read through a
+# private setup.
+apt_sources_as_source() {
+    local dir=$1 file
+    local list=/etc/apt/sources.list parts=/etc/apt/sources.list.d
+    eval "$(apt-config shell list Dir::Etc::sourcelist/f parts Dir::Etc::sourceparts/d)"
+    : >"$dir/sources.list"
+    # One-line format: every `deb` line (options, URI, suite, components kept) as `deb-src`.
+    for file in "$list" "${parts%/}"/*.list; do
+        [ -f "$file" ] || continue
+        sed -En 's/^[[:space:]]*deb(-src)?([[:space:]])/deb-src\2/p' "$file" >>"$dir/sources.list"
+    done
+    # deb822 format: each stanza's Types becomes deb-src.
+    for file in "${parts%/}"/*.sources; do
+        [ -f "$file" ] || continue
+        sed -E 's/^Types:.*/Types: deb-src/I' "$file" >"$dir/parts/$(basename "$file")"
+    done
+}
+
 build_wrk() {
     apt_install gcc make libc6-dev pkg-config libluajit-5.1-dev luajit libssl-dev dpkg-dev \
         patch xz-utils
@@ -74,18 +95,29 @@ build_wrk() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/callfs-bench-wrk.XXXXXX")
     # A private source list, package lists and cache: the system's apt setup is left alone.
     mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/apt/parts"
-    local signed=
-    [ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ] ||
-        signed="[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-    echo "deb-src $signed$MIRROR $WRK_SUITE main" >"$WORK/apt/sources.list"
+    if [ -n "$MIRROR" ]; then
+        local signed=
+        [ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ] ||
+            signed="[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+        echo "deb-src $signed$MIRROR $WRK_SUITE main" >"$WORK/apt/sources.list"
+    else
+        apt_sources_as_source "$WORK/apt"
+    fi
     local apt=(apt-get -qq
         -o Dir::Etc::SourceList="$WORK/apt/sources.list"
         -o Dir::Etc::SourceParts="$WORK/apt/parts"
         -o Dir::State::Lists="$WORK/apt/lists"
         -o Dir::Cache="$WORK/apt/cache")
     [ "$(id -u)" != 0 ] || apt+=(-o APT::Sandbox::User=root)
-    timeout 300 "${apt[@]}" update
-    (cd "$WORK" && timeout 300 "${apt[@]}" source --download-only "wrk=$WRK_VERSION")
+    # A configured source without source packages only makes update complain; what matters is
+    # that one of them has wrk's.
+    timeout 300 "${apt[@]}" update ||
+        echo "ci/bench.sh: some apt sources have no source index (ignored)" >&2
+    (cd "$WORK" && timeout 300 "${apt[@]}" source --download-only "wrk=$WRK_VERSION") || {
+        echo "ci/bench.sh: no apt source offers wrk $WRK_VERSION's source; set" \
+            "CALLFS_BENCH_MIRROR to a Debian mirror that has $WRK_SUITE" >&2
+        exit 1
+    }
     # apt checked every file against the signed index; dpkg-source's own complaint that it
     # has no key for the uploader's signature is only shown if unpacking fails.
     dpkg-source -x "$WORK/wrk_$WRK_VERSION.dsc" "$WORK/src" >"$WORK/unpack.log" 2>&1 ||
