@@ -5,7 +5,6 @@ the command line's `--listen` and `--data`. With neither a file nor a variable, 
 single-node profile applies (§2.4). A key CallFS does not know is an error, never ignored.
 """
 
-import difflib
 import json
 import os
 import re
@@ -246,52 +245,15 @@ def _apply_env(raw: RawValues, entries, unknown: list[str], ignored: list[str]) 
 
 # --- unknown keys and the nearest known one -------------------------------------------------
 
-_DOTTED = [f"{section}.{key}" for section, keys in _SCHEMA.items() for key in keys]
-
-
-def _closest(word: str, candidates) -> str | None:
-    """A known name for a misspelt one: the same letters in another case, else difflib's."""
-    candidates = list(candidates)
-    for candidate in candidates:
-        if candidate == word.lower():
-            return candidate
-    match = difflib.get_close_matches(word.lower(), candidates, n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def _owners(key: str) -> str | None:
-    """`a.key or b.key` for a key name that exists in some sections (written in the wrong one)."""
-    owners = [f"{section}.{key.lower()}" for section in _SCHEMA if key.lower() in _SCHEMA[section]]
-    return " or ".join(owners) or None
-
 
 def suggest(section: str, key: str | None) -> str | None:
     """The known key (dotted) or section nearest to an unknown one, or None."""
-    if key is None:  # an unknown section, or a key written without its section
-        return _closest(section, _SCHEMA) or _owners(section)
-    known = section if section in _SCHEMA else _closest(section, _SCHEMA)
-    if known is not None:
-        nearest = _closest(key, _SCHEMA[known])
-        if nearest is not None:
-            return f"{known}.{nearest}"
-    found = _owners(key)
-    if found is not None:
-        return found
-    match = difflib.get_close_matches(f"{section}.{key}".lower(), _DOTTED, n=1, cutoff=0.75)
-    return match[0] if match else None
+    return cp.nearest_key(_SCHEMA, section, key)
 
 
 def _env_near_miss(name: str) -> str | None:
     """The key a one-level variable name was probably meant for (`server_listen_addr`)."""
-    for section, keys in _SCHEMA.items():
-        if name.startswith(section + "_"):
-            nearest = _closest(name[len(section) + 1 :], keys)
-            if nearest is not None:
-                return f"{section}.{nearest}"
-    forms = {f"{section}__{key}": f"{section}.{key}" for section, keys in _SCHEMA.items()
-             for key in keys}
-    match = difflib.get_close_matches(name, list(forms), n=1, cutoff=0.8)
-    return forms[match[0]] if match else None
+    return cp.nearest_variable_key(_SCHEMA, name)
 
 
 def _variable(dotted: str) -> str:

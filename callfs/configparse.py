@@ -5,6 +5,7 @@ Everything here is source-agnostic text handling: the YAML reader, the mapping o
 precedence rules live in `callfs.config`.
 """
 
+import difflib
 import json
 import math
 import os
@@ -187,6 +188,56 @@ def env_entries(environ) -> list[tuple[str, list[str], str]]:
             path = name[len(ENV_PREFIX) :].lower().split("__")
             entries.append((name, path, environ[name]))
     return entries
+
+
+# --- the nearest known name, for an unknown key's error ------------------------------------
+
+Schema = dict[str, dict[str, Any]]  # section → key → type
+
+
+def closest(word: str, candidates) -> str | None:
+    """A known name for a misspelt one: the same letters in another case, else difflib's."""
+    candidates = list(candidates)
+    if word.lower() in candidates:
+        return word.lower()
+    match = difflib.get_close_matches(word.lower(), candidates, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _owners(schema: Schema, key: str) -> str | None:
+    """`a.key or b.key` for a key name that exists in some sections (written in the wrong one)."""
+    owners = [f"{section}.{key.lower()}" for section in schema if key.lower() in schema[section]]
+    return " or ".join(owners) or None
+
+
+def nearest_key(schema: Schema, section: str, key: str | None) -> str | None:
+    """The known key (dotted) or section nearest to an unknown one, or None."""
+    if key is None:  # an unknown section, or a key written without its section
+        return closest(section, schema) or _owners(schema, section)
+    known = section if section in schema else closest(section, schema)
+    if known is not None:
+        nearest = closest(key, schema[known])
+        if nearest is not None:
+            return f"{known}.{nearest}"
+    found = _owners(schema, key)
+    if found is not None:
+        return found
+    dotted = [f"{s}.{k}" for s, keys in schema.items() for k in keys]
+    match = difflib.get_close_matches(f"{section}.{key}".lower(), dotted, n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def nearest_variable_key(schema: Schema, name: str) -> str | None:
+    """The key a one-level variable name was probably meant for: `server_listen_addr` (one
+    `_` where two belong) → `server.listen_addr`; None when it looks like no key at all."""
+    for section, keys in schema.items():
+        if name.startswith(section + "_"):
+            nearest = closest(name[len(section) + 1 :], keys)
+            if nearest is not None:
+                return f"{section}.{nearest}"
+    forms = {f"{s}__{k}": f"{s}.{k}" for s, keys in schema.items() for k in keys}
+    match = difflib.get_close_matches(name, list(forms), n=1, cutoff=0.8)
+    return forms[match[0]] if match else None
 
 
 # --- scalar conversions (§4) -----------------------------------------------------------

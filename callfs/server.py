@@ -133,6 +133,21 @@ def listen_socket(addr: str, *, bind_only: bool = False) -> socket.socket:
         raise StartupError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc
 
 
+def _probe_address(addr: str, wait: float = datadir.LOCK_WAIT_SECONDS) -> None:
+    """The address is free: bound once without SO_REUSEPORT, so a port another server holds
+    is refused, not shared. Retried briefly: the workers of a server killed a moment ago may
+    still be closing their sockets."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            listen_socket(addr, bind_only=True).close()
+            return
+        except StartupError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
+
+
 def _build_locks(cfg, lock_fd: int | None):
     """Redis locks (cluster-wide) or the local manager; built in each process after forking,
     since connections must not be shared across a fork."""
@@ -334,7 +349,7 @@ def serve(loaded, workers: int | None = None, announce=None) -> int:
         if problem:
             raise StartupError(problem)
         _ssl_context(cfg)
-        listen_socket(cfg.server.listen_addr, bind_only=True).close()
+        _probe_address(cfg.server.listen_addr)
         _data_lock = _lock_data(loaded)
         try:
             loaded = config.keep_secrets(loaded)

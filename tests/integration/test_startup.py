@@ -90,17 +90,17 @@ def _request(port: int, method: str, path: str, key: str, body=None):
 
 
 def _tree(directory) -> dict:
-    """Every entry below a directory: relative path → (kind, size for files)."""
+    """Every entry below a directory: relative path → (kind, size of a file at rest). The
+    live server may still be growing its database's log and the upload's staged body."""
     found = {}
     for parent, dirs, files in os.walk(directory):
         for name in dirs:
             found[os.path.relpath(os.path.join(parent, name), directory)] = ("dir", 0)
         for name in files:
             path = os.path.join(parent, name)
-            if not name.startswith("metadata.sqlite3"):  # the live server's WAL may move
-                found[os.path.relpath(path, directory)] = ("file", os.path.getsize(path))
-            else:
-                found[os.path.relpath(path, directory)] = ("file", None)
+            moving = name.startswith(("metadata.sqlite3", ".callfs-"))
+            found[os.path.relpath(path, directory)] = (
+                "file", None if moving else os.path.getsize(path))
     return found
 
 
