@@ -199,9 +199,7 @@ def test_httphead_hot_request(benchmark, hot_site, method, implementation):
     written answer: a cached 4 KiB file, a known key."""
     engine, auth = hot_site
     module = HEAD_IMPLEMENTATIONS[implementation]
-    hot = module.HotPath(auth=auth, engine=engine, security=test_httphead.SECURITY_HEADERS,
-                         hsts=test_httphead.HSTS, prepare=test_httphead.prepare,
-                         may_read=test_httphead.permissions.may_read)
+    hot = test_httphead.hot_path_of(module, engine, auth)
     conn = test_httphead.connection(module, hot)
     data = (method + b" /v1/files/d/small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
             b"Authorization: Bearer " + test_httphead.KEY.encode() + b"\r\n\r\n")

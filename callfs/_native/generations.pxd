@@ -10,3 +10,4 @@ cdef class GenerationTable:
     cdef size_t length
     cdef inline uint64_t* _slot(self, str path)
     cpdef long long stamp(self, str path)
+    cpdef bint unchanged(self, str path, long long stamp)

@@ -103,6 +103,11 @@ cdef class GenerationTable:
         # modulo 2^40 and 2^23 — far more writes than happen between two lookups.
         return <long long>(((sb & 0xFFFFFFFFFFULL) << 23) | (gb & 0x7FFFFFULL))
 
+    cpdef bint unchanged(self, str path, long long stamp):
+        """The cache's freshness rule, written once: what was read under `stamp` (taken before
+        the read) is still exact while no write on its slot, or global write, has begun since."""
+        return stamp >= 0 and self.stamp(path) == stamp
+
     def begin(self, str path):
         callfs_bump(self._slot(path))
 

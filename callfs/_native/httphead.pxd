@@ -1,6 +1,6 @@
 # cython: language_level=3
 # The request head and the hot path in C; see httphead.pyx.
-from callfs._native.generations cimport GenerationTable
+from callfs._native.readview cimport ReadView
 
 
 cdef class HotFile:
@@ -10,9 +10,9 @@ cdef class HotFile:
 
 
 cdef class HotPath:
-    cdef object engine, store, identify, may_read, prepare, instance_id
-    cdef dict known
-    cdef GenerationTable table
+    cdef dict keys          # Authorization values proven valid -> principal (the authenticator's)
+    cdef object identify    # the authenticator's lookup for a value not seen yet
+    cdef ReadView view      # the engine's: the prepared answer for a path, or None
     cdef bytes security, hsts
     cdef bytes pending  # the body of the last answer, when it goes out beside its head
     cdef public Py_ssize_t answered  # responses sent by the hot path (exported as a metric)

@@ -9,8 +9,10 @@ everything else goes to the connection's `head_complete` (the general route). Li
 `Reject(status)`: 414 for the URL, 431 for the header data.
 
 `HotPath.answer` is callfs/http/hotpath.py's question in C: the whole response for a plain
-GET/HEAD of a file the metadata cache holds, or None to take the general route. What it writes
-is built once per content version (`HotFile`, by the Python `prepare` it is given).
+GET/HEAD of a file, or None to take the general route. It authenticates the key, normalises the
+path and asks the engine's read view (callfs/_native/readview.pyx) its one question — this
+principal, this path: the `HotFile` prepared for the file's current version, or None. It reads
+nothing of the metadata cache, the generation table or the authenticator's private state.
 
 The plain-Python specification of both is tests/unit/httphead_oracle.py.
 """
@@ -23,6 +25,7 @@ from libc.string cimport memchr, memcmp, memcpy
 from libc.time cimport time, time_t
 
 from callfs._native.pathnorm cimport normalize_url_path
+from callfs._native.readview cimport ReadView
 
 MAX_URL = 64 * 1024      # bytes of the request target: 414 beyond
 MAX_HEAD = 1024 * 1024   # bytes of the head (header lines included): 431 beyond
@@ -66,7 +69,6 @@ cdef frozenset _NOT_HOT = NOT_HOT
 cdef Py_ssize_t _SPLIT = 16 * 1024
 cdef bytes _STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 cdef bytes _REQUEST_ID = b"X-Request-ID: "
-cdef str _FILE = "file"  # Inode.type of a file (callfs.core.model.FILE)
 cdef const char* _HEX = b"0123456789abcdef"
 
 
@@ -156,18 +158,14 @@ cdef class HotFile:
 
 
 cdef class HotPath:
-    """Answers plain GET/HEAD of cached files; see callfs/http/hotpath.py."""
+    """Answers plain GET/HEAD of cached files; see callfs/http/hotpath.py. It asks the
+    engine's read view one question per request; the answer's bytes are its own."""
 
-    def __init__(self, *, auth, engine, bytes security not None, bytes hsts not None,
-                 prepare, may_read):
-        self.engine = engine
-        self.store = engine.store
-        self.table = getattr(self.store, "table", None)  # None: no cache, no hot path
-        self.known = auth._known
-        self.identify = auth.identify_known
-        self.may_read = may_read
-        self.prepare = prepare
-        self.instance_id = engine.instance_id
+    def __init__(self, *, dict keys not None, identify, ReadView view not None,
+                 bytes security not None, bytes hsts not None):
+        self.keys = keys
+        self.identify = identify
+        self.view = view
         self.security = security
         self.hsts = hsts
         self.answered = 0
@@ -185,14 +183,14 @@ cdef class HotPath:
         """The response, or its head alone with its body left in `pending`; or None."""
         cdef Py_ssize_t size = PyBytes_GET_SIZE(url)
         cdef const char* raw = PyBytes_AS_STRING(url)
-        if self.table is None or size < 10 or memcmp(raw, b"/v1/files/", 10) != 0:
+        if size < 10 or memcmp(raw, b"/v1/files/", 10) != 0:
             return None
         if memchr(raw, 63, size) != NULL:  # '?': a query goes the general route
             return None
         if size >= 13 and memcmp(raw, b"/v1/files/ws/", 13) == 0:
             return None  # GET there is the WebSocket endpoint (API.md §12)
         authorization = headers.get(b"authorization")
-        identity = self.known.get(authorization)
+        identity = self.keys.get(authorization)
         if identity is None:
             identity = self.identify(authorization)
             if identity is None:
@@ -203,23 +201,10 @@ cdef class HotPath:
             return None
         if trailing:
             return None
-        entry = self.store.entries.get(path)
-        if entry is None or entry.stamp != self.table.stamp(path):
+        ready = self.view.ready(identity, path)
+        if ready is None:
             return None
-        inode = entry.inode
-        if inode.type != _FILE:
-            return None
-        owner = inode.instance_id
-        if owner is not None and owner != self.instance_id:
-            return None
-        if not self.may_read(identity, inode):
-            return None
-        extra = entry.extra
-        cdef HotFile hot
-        if isinstance(extra, HotFile):
-            hot = <HotFile>extra
-        else:
-            hot = <HotFile?>self.prepare(self.engine, entry)
+        cdef HotFile hot = <HotFile?>ready
         cdef bint head = method == b"HEAD"
         cdef bytes block
         cdef bytes body = None

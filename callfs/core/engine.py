@@ -29,6 +29,7 @@ Check = Callable[[Inode | None], None]
 
 MAX_UPLOAD = 10 * 1024 ** 3  # API.md §2: 10 GiB per file body
 MOVE_WAIT = 5.0  # how long a read waits for a move that took its bytes away to commit
+READ_VIEW_BUDGET = 64 * 1024 * 1024  # bytes of prepared answers the read view keeps
 
 
 class CrossServerConflict(errors.CallFSError):
@@ -186,23 +187,31 @@ class Engine:
                 stack.extend(reversed(subdirs))
         return items
 
-    # -- the hot path's helpers (synchronous; they never wait for a store) --------------------
-    # Which requests it answers (a cached local file the caller may read) is decided per
-    # request in C: callfs/_native/httphead.pyx.
+    # -- the read view: plain reads answered without a task (synchronous, never waiting) -----
 
-    def small_content(self, inode: Inode) -> bytes | None:
-        """A small file's bytes, only when they are provably the content `inode` describes."""
+    def read_view(self, prepare, keep_limit: int, budget: int = READ_VIEW_BUDGET):
+        """The one native object the request head asks of a plain read (callfs._native.
+        readview.ReadView): an entry the metadata cache holds exactly, a file of this instance
+        the principal may read and whose bytes are the recorded version, and the answer
+        `prepare(inode, content)` made for that version (`content` given up to `keep_limit`
+        bytes), kept within `budget` bytes."""
+        return self.store.read_view(may_read=permissions.may_read, on_disk=self.version_on_disk,
+                                    prepare=prepare, instance_id=self.instance_id,
+                                    keep_limit=keep_limit, budget=budget)
+
+    def version_on_disk(self, inode: Inode, limit: int) -> tuple[bool, bytes | None]:
+        """Whether the bytes at a file's path are the version `inode` records (a regular file
+        of its size and stamp), and, when it has at most `limit` bytes, its content."""
         backend = self.backends.get(inode.backend)
-        read = getattr(backend, "read_version", None)
-        if read is None:
-            return None
+        if backend is None:
+            return False, None
         try:
-            return read(inode.path, inode.size, inode.mtime_ns)
+            if inode.size <= limit:
+                content = backend.read_version(inode.path, inode.size, inode.mtime_ns)
+                return content is not None, content
+            return backend.disk_version(inode.path) == (inode.size, inode.mtime_ns), None
         except (OSError, errors.CallFSError):
-            return None
-
-    def keep_with(self, entry, extra, cost: int) -> bool:
-        return self.store.attach(entry, extra, cost)
+            return False, None
 
     # -- creation ----------------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ class Authenticator:
     def __init__(self, api_keys: list[str], api_key_users: dict[str, str], internal_secret: str):
         self._salt = os.urandom(32)
         self._by_digest: dict[bytes, str] = {}
-        # Authorization values already proven valid, exactly as sent: the hot path's lookup.
-        # Python salts bytes hashes per process, so a probe's timing says nothing of a key.
-        self._known: dict[bytes, str] = {}
+        # Authorization values already proven valid, exactly as sent: the hot path's lookup
+        # (public, read-only for it; filled by identify_known). Python salts bytes hashes per
+        # process, so a probe's timing says nothing of a key.
+        self.known: dict[bytes, str] = {}
         for index, key in enumerate(api_keys or ()):
             self._add(key, f"api-user-{index}")
         for user, key in (api_key_users or {}).items():
@@ -41,11 +42,11 @@ class Authenticator:
 
     def identify_known(self, authorization: bytes | None) -> str | None:
         """`identify` for a header value seen before; None (not a verdict) otherwise."""
-        identity = self._known.get(authorization)
+        identity = self.known.get(authorization)
         if identity is None and authorization:
             identity = self.identify(authorization)
             if identity is not None:
-                if len(self._known) >= KNOWN_LIMIT:
-                    self._known.clear()
-                self._known[authorization] = identity
+                if len(self.known) >= KNOWN_LIMIT:
+                    self.known.clear()
+                self.known[authorization] = identity
         return identity

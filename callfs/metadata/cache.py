@@ -9,29 +9,27 @@ slot marked busy: those paths are read through from then on, never served stale.
 
 Point lookups (`get`, `get_many`) are cached; listings always read the store. Reads under a
 path's lock may use the cache too: an entry is exact until a write begins, and that write
-needs the same lock.
+needs the same lock. The engine's read view (`read_view`) answers from the same entries by the
+same rule (GenerationTable.unchanged).
 """
 import os
 
 from callfs._native.generations import GenerationTable, table_bytes
+from callfs._native.readview import ReadView
 from callfs.core.model import DIRECTORY
 
 DEFAULT_SLOTS = 1 << 16
 DEFAULT_CAPACITY = 100_000
-DEFAULT_EXTRA_BUDGET = 64 * 1024 * 1024
 
 
 class CacheEntry:
-    """A cached inode. `extra` belongs to the caller (the HTTP hot path keeps its prebuilt
-    header blocks and small bodies there); it lives and dies with the entry."""
+    """A cached inode and the generation stamp taken before it was read."""
 
-    __slots__ = ("inode", "stamp", "extra", "cost")
+    __slots__ = ("inode", "stamp")
 
     def __init__(self, inode, stamp: int):
         self.inode = inode
         self.stamp = stamp
-        self.extra = None
-        self.cost = 0  # bytes `extra` holds, counted against the extra budget
 
 
 def open_table(path: str, slots: int = DEFAULT_SLOTS) -> GenerationTable:
@@ -46,13 +44,10 @@ def open_table(path: str, slots: int = DEFAULT_SLOTS) -> GenerationTable:
 
 
 class CachedStore:
-    def __init__(self, store, table: GenerationTable, capacity: int = DEFAULT_CAPACITY,
-                 extra_budget: int = DEFAULT_EXTRA_BUDGET):
+    def __init__(self, store, table: GenerationTable, capacity: int = DEFAULT_CAPACITY):
         self.store = store
         self.table = table
         self.capacity = capacity
-        self.extra_budget = extra_budget
-        self.extra_bytes = 0
         self.entries: dict[str, CacheEntry] = {}
         self.backend_name = getattr(store, "backend_name", "")
 
@@ -65,9 +60,14 @@ class CachedStore:
     def lookup(self, path: str) -> CacheEntry | None:
         """A cached entry that is still exact, or None (without touching the store)."""
         entry = self.entries.get(path)
-        if entry is not None and entry.stamp == self.table.stamp(path):
+        if entry is not None and self.table.unchanged(path, entry.stamp):
             return entry
         return None
+
+    def read_view(self, **policy) -> ReadView:
+        """A native view over these entries, by their freshness rule, for the engine's read
+        policy (the keyword arguments of ReadView but `entries` and `table`)."""
+        return ReadView(entries=self.entries, table=self.table, **policy)
 
     def busy(self, path: str) -> bool:
         """A write or a move that may change `path` is in flight (in any process here)."""
@@ -94,39 +94,18 @@ class CachedStore:
         if stamp >= 0:
             entries = self.entries
             if len(entries) >= self.capacity:
-                self._evict(max(1, self.capacity // 8), 0)
+                self._evict(max(1, self.capacity // 8))
             entries[path] = entry
         return entry
 
-    def attach(self, entry: CacheEntry, extra, cost: int) -> bool:
-        """Keep `extra` with the entry, making room within the extra budget (oldest entries
-        go first). False when `cost` alone is over the budget: nothing kept."""
-        if cost > self.extra_budget:
-            return False
-        over = self.extra_bytes + cost - self.extra_budget
-        if over > 0:
-            self._evict(0, over)
-        entry.extra = extra
-        entry.cost = cost
-        self.extra_bytes += cost
-        return True
-
     def _drop(self, path: str) -> None:
-        entry = self.entries.pop(path, None)
-        if entry is not None:
-            self.extra_bytes -= entry.cost
+        self.entries.pop(path, None)
 
-    def _evict(self, count: int, cost: int) -> None:
-        """Drop the oldest entries (dicts keep insertion order) until `count` entries and
-        `cost` bytes of extras are gone."""
+    def _evict(self, count: int) -> None:
+        """Drop the oldest `count` entries (dicts keep insertion order)."""
         entries = self.entries
-        for key in list(entries):
-            if count <= 0 and cost <= 0:
-                break
-            entry = entries.pop(key)
-            self.extra_bytes -= entry.cost
-            count -= 1
-            cost -= entry.cost
+        for key in list(entries)[:count]:
+            del entries[key]
 
     async def get_many(self, paths):
         """Cached entries where exact; one store query for the rest (which are then cached)."""
@@ -174,7 +153,6 @@ class CachedStore:
         finally:
             self.table.end_all()
             self.entries.clear()
-            self.extra_bytes = 0
 
     async def update_content(self, existing, size: int, mtime_ns: int, fence: int = 0):
         return await self._announced([existing.path],

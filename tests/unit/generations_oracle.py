@@ -84,6 +84,9 @@ class GenerationTable:
         global_begun, global_ended = self._counters[0]
         return stamp_of(slot_begun, slot_ended, global_begun, global_ended)
 
+    def unchanged(self, path, stamp):
+        return stamp >= 0 and self.stamp(path) == stamp
+
     def counters(self, slot):
         if not 0 <= slot <= self.slots:
             raise IndexError(slot)

@@ -166,6 +166,7 @@ def programs(draw):
         st.tuples(st.sampled_from(["begin", "end", "stamp", "stamp", "slot_of"]), path),
         st.tuples(st.sampled_from(["begin_all", "end_all"])),
         st.tuples(st.just("counters"), st.integers(-2, slots + 2)),
+        st.tuples(st.just("unchanged"), path, st.integers(-1, 2**24)),
     ), max_size=40))
     return slots, ops
 
@@ -174,6 +175,9 @@ def programs(draw):
 @given(programs())
 @example((1, [("begin", "a"), ("stamp", "b"), ("end", "a"), ("stamp", "b")]))
 @example((3, [("end", "x"), ("stamp", "x"), ("begin", "x"), ("stamp", "x")]))
+@example((1, [("unchanged", "a", 0), ("begin", "a"), ("unchanged", "a", 0), ("end", "a"),
+              ("unchanged", "a", 1 << 23), ("begin_all",), ("end_all",),
+              ("unchanged", "a", (1 << 23) | 1), ("unchanged", "a", -1)]))
 def test_operations_agree(program):
     slots, ops = program
     with table_file(slots) as f:

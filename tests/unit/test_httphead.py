@@ -21,10 +21,11 @@ if _HERE not in sys.path:  # the oracle sits beside this file
     sys.path.insert(0, _HERE)
 
 import httphead_oracle as oracle  # noqa: E402
+import readview_oracle  # noqa: E402
 from callfs._native import httphead as native  # noqa: E402
 from callfs.backends.localfs import LocalFSBackend  # noqa: E402
 from callfs.core import permissions  # noqa: E402
-from callfs.core.engine import Engine  # noqa: E402
+from callfs.core.engine import READ_VIEW_BUDGET, Engine  # noqa: E402
 from callfs.http.auth import Authenticator  # noqa: E402
 from callfs.http.hotpath import SMALL_FILE, prepare  # noqa: E402
 from callfs.http.router import HSTS, SECURITY_HEADERS  # noqa: E402
@@ -249,13 +250,22 @@ def site(tmp_path_factory):
     close()
 
 
+def hot_path_of(implementation, engine, auth):
+    """The hot path of one implementation: the native one on the engine's native read view,
+    the oracle on the read view's oracle over the same cache."""
+    if implementation is native:
+        view = engine.read_view(prepare, SMALL_FILE)
+    else:
+        view = readview_oracle.ReadView(
+            entries=engine.store.entries, table=engine.store.table,
+            may_read=permissions.may_read, on_disk=engine.version_on_disk, prepare=prepare,
+            instance_id=engine.instance_id, keep_limit=SMALL_FILE, budget=READ_VIEW_BUDGET)
+    return implementation.HotPath(keys=auth.known, identify=auth.identify_known, view=view,
+                                  security=SECURITY_HEADERS, hsts=HSTS)
+
+
 def hot_paths(engine, auth):
-    made = []
-    for implementation in (native, oracle):
-        made.append(implementation.HotPath(
-            auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS, prepare=prepare,
-            may_read=permissions.may_read))
-    return made
+    return [hot_path_of(implementation, engine, auth) for implementation in (native, oracle)]
 
 
 _VOLATILE = re.compile(rb"(X-Request-ID: )[0-9a-f]{16}|(Date: )[^\r]*")

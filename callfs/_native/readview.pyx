@@ -1,0 +1,101 @@
+# cython: language_level=3
+"""The engine's read view: the one question the request head asks before it answers a plain
+read itself — may this principal read the file at this canonical path, as the metadata cache
+knows it exactly now, and what was prepared to answer with?
+
+`ReadView.ready(principal, path)` is that question: the caller's prepared answer for the
+file's current version, or None to take the general route (not cached, or not exact any more,
+not a file, owned by another instance, not readable by the principal, or its bytes on disk are
+not the version recorded). The view is built by the engine (callfs.core.engine.Engine.
+read_view) over the metadata cache, whose freshness rule it uses (GenerationTable.unchanged),
+with the permission rule of callfs.core.permissions.
+
+Per content version, `on_disk(inode, limit)` says whether the bytes at the path are that
+version, with their content when there are at most `limit` of them (`keep_limit`); then
+`prepare(inode, content)` makes the caller's answer and says its cost in bytes. Answers are
+kept within a budget of bytes (the oldest go first) and used only for the version they were
+made for. An answer made without the content (a large file) asks `on_disk` again each time,
+since it promises bytes that only the disk holds.
+
+The plain-Python specification is tests/unit/readview_oracle.py.
+"""
+from callfs._native.generations cimport GenerationTable
+
+cdef str _FILE = "file"  # Inode.type of a file (callfs.core.model.FILE)
+
+
+cdef class Kept:
+    """An answer `prepare` made for one content version of a path."""
+    cdef readonly long long stamp
+    cdef readonly object value
+    cdef readonly Py_ssize_t cost
+    cdef readonly bint recheck  # made without the content: the disk is asked each time
+
+    def __cinit__(self, long long stamp, object value, Py_ssize_t cost, bint recheck):
+        self.stamp = stamp
+        self.value = value
+        self.cost = cost
+        self.recheck = recheck
+
+
+cdef class ReadView:
+    def __init__(self, *, dict entries not None, GenerationTable table not None, may_read,
+                 on_disk, prepare, str instance_id not None, Py_ssize_t keep_limit,
+                 Py_ssize_t budget):
+        self.entries = entries
+        self.table = table
+        self.may_read = may_read
+        self.on_disk = on_disk
+        self.prepare = prepare
+        self.instance_id = instance_id
+        self.kept = {}
+        self.keep_limit = keep_limit
+        self.budget = budget
+        self.kept_bytes = 0
+
+    cpdef object ready(self, object principal, str path):
+        """The prepared answer for the file at `path` as `principal` may read it now, or None."""
+        entry = self.entries.get(path)
+        if entry is None:
+            return None
+        cdef long long stamp = entry.stamp
+        if not self.table.unchanged(path, stamp):
+            return None
+        inode = entry.inode
+        if inode.type != _FILE:
+            return None
+        owner = inode.instance_id
+        if owner is not None and owner != self.instance_id:
+            return None
+        if not self.may_read(principal, inode):
+            return None
+        kept = self.kept.get(path)
+        if kept is not None and (<Kept>kept).stamp == stamp:
+            if (<Kept>kept).recheck and not self.on_disk(inode, -1)[0]:
+                return None
+            return (<Kept>kept).value
+        return self._prepare(path, inode, stamp)
+
+    cdef object _prepare(self, str path, object inode, long long stamp):
+        self._forget(path)
+        matches, content = self.on_disk(inode, self.keep_limit)
+        if not matches:
+            return None  # not the recorded version (yet, or at all): the general route says
+        value, cost = self.prepare(inode, content)
+        cdef Py_ssize_t size = cost
+        if size > self.budget:
+            return value
+        while self.kept and self.kept_bytes + size > self.budget:
+            self._forget(next(iter(self.kept)))
+        self.kept[path] = Kept(stamp, value, size, content is None)
+        self.kept_bytes += size
+        return value
+
+    cdef int _forget(self, str path) except -1:
+        kept = self.kept.pop(path, None)
+        if kept is not None:
+            self.kept_bytes -= (<Kept>kept).cost
+        return 0
+
+    def __len__(self):
+        return len(self.kept)
