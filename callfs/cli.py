@@ -218,8 +218,7 @@ def start_summary(loaded: config.Loaded, workers: int, shared: bool) -> list[str
     """What the server is about to do, in one look; for the embedded profile, also the key
     and a command to try."""
     cfg = loaded.config
-    tls = cfg.server.protocol == "https" or (
-        cfg.server.protocol == "auto" and bool(cfg.server.cert_file and cfg.server.key_file))
+    tls = config.uses_tls(cfg.server)
     scheme = "https" if tls else "http"
     host, port = config.split_host_port(cfg.server.listen_addr)
     shown = f"[{host}]" if host and ":" in host else host
@@ -227,7 +226,7 @@ def start_summary(loaded: config.Loaded, workers: int, shared: bool) -> list[str
     if cfg.metadata_store.type == "sqlite":
         store = f"sqlite {cfg.metadata_store.sqlite_path}"
     else:
-        store = f"{cfg.metadata_store.type} {config.mask_dsn(cfg.metadata_store.dsn)}"
+        store = f"{cfg.metadata_store.type} {config.redact_dsn(cfg.metadata_store.dsn)}"
     if cfg.dlm.type == "redis":
         locks = f"redis {cfg.dlm.redis_addr}"
     else:

@@ -726,6 +726,29 @@ def mask_dsn(dsn: str) -> str:
     return (raw[:10] + b"***" + raw[-7:]).decode(errors="replace")
 
 
+_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.I)
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN to show in full but for its password (`postgres://u:***@db/x`); the contract's
+    mask_dsn keeps a DSN's last characters, which may be the password's."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:  # key=value form
+        return _KV_PASSWORD.sub(r"\1***", dsn)
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo.split("/")[0]:
+        return _KV_PASSWORD.sub(r"\1***", dsn)  # ?password=… in the query
+    user = userinfo.partition(":")[0]
+    return _KV_PASSWORD.sub(r"\1***", f"{scheme}://{user}:***@{host}")
+
+
+def uses_tls(server: ServerConfig) -> bool:
+    """`https`, or `auto` with both certificate files configured (§5.1)."""
+    if server.protocol == "https":
+        return True
+    return server.protocol == "auto" and bool(server.cert_file and server.key_file)
+
+
 def base_url(server: ServerConfig) -> str:
     """This node's URL for clients: http only when external_url says so (§5.1)."""
     url = server.external_url.rstrip("/")

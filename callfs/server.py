@@ -4,9 +4,9 @@ The master checks what can fail without changing anything (this build serves the
 configuration, the certificates load, the address is free), then locks the data directory
 (`callfs.datadir`: a second server on the same data is refused before it creates anything),
 then prepares (secrets, local root, store reachable and migrated), recovers writes a crash
-interrupted, and only then forks. Each worker binds its
-own SO_REUSEPORT socket, so the kernel spreads connections. A worker that dies is replaced;
-SIGTERM/SIGINT drain every worker within the deadline and exit 0.
+interrupted, and only then forks. Each worker binds its own SO_REUSEPORT socket, so the
+kernel spreads connections. A worker that dies is replaced; a worker whose master dies goes
+with it. SIGTERM/SIGINT drain every worker within the deadline and exit 0.
 """
 import asyncio
 import ctypes
@@ -89,15 +89,8 @@ class ServerState:
 
 # -- preparation (master) --------------------------------------------------------------------
 
-def _uses_tls(cfg) -> bool:
-    protocol = cfg.server.protocol
-    if protocol == "https":
-        return True
-    return protocol == "auto" and bool(cfg.server.cert_file) and bool(cfg.server.key_file)
-
-
 def _ssl_context(cfg) -> ssl.SSLContext | None:
-    if not _uses_tls(cfg):
+    if not config.uses_tls(cfg.server):
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
@@ -191,7 +184,7 @@ def _data_targets(loaded) -> list[datadir.Target]:
     if cfg.metadata_store.type == "sqlite":
         shown = os.path.abspath(cfg.metadata_store.sqlite_path)
     else:
-        shown = config.mask_dsn(cfg.metadata_store.dsn)
+        shown = config.redact_dsn(cfg.metadata_store.dsn)
     targets.append(datadir.Target(_generations_path(cfg),
                                   f"metadata store {shown}", directory=False))
     return targets

@@ -112,7 +112,10 @@ def test_version(tmp_path):
         (["server", "extra"], 'unexpected argument "extra" for "callfs server"'),
         (["server", "--listen"], "flag needs an argument: --listen"),
         (["server", "--data="], 'invalid argument "" for "--data": must not be empty'),
-        (["config", "validate", "--listen="], 'invalid argument "" for "--listen": must not be empty'),
+        (
+            ["config", "validate", "--listen="],
+            'invalid argument "" for "--listen": must not be empty',
+        ),
         (["help", "serve"], 'unknown help topic "serve"'),
         (["cluster", "join"], 'required flag "--leader" not set'),
     ],
@@ -432,3 +435,35 @@ def test_join_without_usable_config_needs_flags(tmp_path):
     assert result.stderr.splitlines()[0] == (
         "Error: --node-id is required (or set raft.node_id in the configuration)"
     )
+
+
+# --- the start-up summary -----------------------------------------------------------------
+
+
+def test_start_summary_says_what_the_server_does(tmp_path):
+    from callfs import cli, config
+
+    text = VALID_YAML.replace('protocol: "http"', 'protocol: "https"\n  cert_file: "/etc/t.crt"')
+    text = text.replace('type: "sqlite"', 'type: "postgres"\n  dsn: "postgres://u:hunter2@db/x"')
+    text = text.replace('type: "local"', 'type: "redis"')
+    write_config(tmp_path, text)
+    loaded = config.load(environ={}, cwd=str(tmp_path))
+    lines = cli.start_summary(loaded, 4, shared=True)
+    assert lines == [
+        f"CallFS is starting with configuration file {tmp_path / 'config.yaml'}.",
+        "  Address:        https://*:9443 (every interface)",
+        "  TLS:            on (/etc/t.crt)",
+        "  Metadata store: postgres postgres://u:***@db/x",
+        "  Lock manager:   redis redis.internal:6379",
+        "  Data directory: ./data (shared with this instance's other processes)",
+        "  Workers:        4",
+    ]
+    assert "hunter2" not in "\n".join(lines)
+    flags = config.Overrides(listen="[::1]:8000", data="d")
+    loaded = config.load(environ={}, cwd=str(tmp_path / "none"), overrides=flags)
+    lines = cli.start_summary(config.keep_secrets(loaded), 1, shared=False)
+    assert lines[1] == "  Address:        http://[::1]:8000"
+    assert lines[5] == f"  Data directory: {tmp_path / 'none' / 'd'} (this server only)"
+    assert lines[7].startswith("  Secrets file:   ") and lines[7].endswith("(created)")
+    assert lines[-1].startswith('  curl -H "Authorization: Bearer ')
+    assert lines[-1].endswith(" http://[::1]:8000/v1/directories/")

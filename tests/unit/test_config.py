@@ -1221,3 +1221,18 @@ def test_keep_secrets_adopts_secrets_stored_meanwhile(tmp_path):
     kept = config.keep_secrets(early)
     assert kept.secrets_created is False
     assert kept.config.auth.api_key_users == stored.config.auth.api_key_users
+
+
+@pytest.mark.parametrize(
+    "dsn,shown",
+    [
+        ("postgres://u:hunter2@db:5432/x?sslmode=require", "postgres://u:***@db:5432/x?sslmode=require"),
+        ("postgres://u:p@ss@db/x", "postgres://u:***@db/x"),
+        ("postgresql://postgres@127.0.0.1:5432/db", "postgresql://postgres@127.0.0.1:5432/db"),
+        ("postgres://db/x?password=abc&sslmode=require", "postgres://db/x?password=***&sslmode=require"),
+        ("host=db password=secret user=u", "host=db password=*** user=u"),
+        ("host=db password='se cret' user=u", "host=db password=*** user=u"),
+    ],
+)
+def test_redact_dsn_hides_only_the_password(dsn, shown):
+    assert config.redact_dsn(dsn) == shown
