@@ -14,6 +14,7 @@ import time
 
 from callfs._native.fsops import rename_exchange, rename_noreplace
 from callfs._native.generations import fnv1a
+from callfs.backends.base import Capability
 from callfs.backends.localcopy import METHODS as COPY_METHODS
 from callfs.backends.localcopy import CopySource
 from callfs.backends.localmove import LocalMove, drop_intent, read_intents, recover_move
@@ -102,10 +103,8 @@ class LocalUpload:
             view = view[written:]
 
     async def fill(self, body) -> None:
-        """Let a body that can write into a file descriptor do so directly (zero-copy)."""
-        transfer = getattr(body, "transfer_to", None)
-        if transfer is not None:
-            self.size += await transfer(self.fd)
+        """Let a body of announced length write into the staged file directly (zero-copy)."""
+        self.size += await body.transfer_to(self.fd)
 
     async def seal(self) -> None:
         """The body is whole: make its bytes durable (no lock needed, none held)."""
@@ -352,6 +351,9 @@ class LocalRemoval:
 
 class LocalFSBackend:
     name = "localfs"
+    capabilities = (Capability.LOCAL | Capability.DESCRIPTOR | Capability.SPLICE
+                    | Capability.REFLINK | Capability.KERNEL_COPY | Capability.RANGED_READ
+                    | Capability.STAMPED)
 
     def __init__(self, root: str, *, durable: bool = True):
         self.root = os.path.abspath(root) if root else ""

@@ -14,6 +14,7 @@ import msgspec
 from collections.abc import Callable
 
 from callfs._native.pathnorm import ancestors
+from callfs.backends.base import Capability
 from callfs.core import errors, moves, permissions
 from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
 from callfs.locks.base import dir_key, file_key
@@ -75,6 +76,13 @@ class Engine:
         except TimeoutError:
             raise errors.ServiceUnavailable("metadata store timed out") from None
 
+    def owner_for(self, backend_name: str) -> str | None:
+        """The instance a new entry on that backend belongs to: this one where the bytes live
+        on its own disk (Capability.LOCAL), none where every instance reads them."""
+        if Capability.LOCAL in self._backend_named(backend_name).capabilities:
+            return self.instance_id
+        return None
+
     def backend_for(self, inode: Inode):
         backend = self.backends.get(inode.backend)
         if backend is None:
@@ -104,7 +112,7 @@ class Engine:
         bytes are not the file's: StorageInconsistent, a 500, never a 2xx that cannot be
         honoured (a missing file's record says it exists, so not a 404 either).
         """
-        busy = getattr(self.store, "busy", None)
+        busy = self.store.busy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MOVE_WAIT
         while True:
@@ -114,13 +122,13 @@ class Engine:
             except (errors.NotFound, errors.StorageInconsistent) as exc:
                 problem = exc
             else:
-                on_disk = getattr(handle, "mtime_ns", None)
+                on_disk = handle.mtime_ns
                 current = None
                 if on_disk is None or (handle.size == inode.size and on_disk <= inode.mtime_ns):
                     current = inode
                 elif on_disk > inode.mtime_ns:
                     newer = True
-                    if busy is not None and busy(inode.path):
+                    if busy(inode.path):
                         current = msgspec.structs.replace(inode, size=handle.size,
                                                           mtime_ns=on_disk,
                                                           version=inode.version + 1)
@@ -149,11 +157,9 @@ class Engine:
     async def _after_move(self, inode: Inode, deadline: float) -> Inode:
         """The entry at `inode`'s path once no write, move or delete is changing it (waiting
         until `deadline` at most); NotFound when no file is there any more."""
-        busy = getattr(self.store, "busy", None)
-        if busy is not None:
-            loop = asyncio.get_running_loop()
-            while busy(inode.path) and loop.time() < deadline:
-                await asyncio.sleep(0.002)
+        loop = asyncio.get_running_loop()
+        while self.store.busy(inode.path) and loop.time() < deadline:
+            await asyncio.sleep(0.002)
         fresh = await self._get(inode.path)
         if fresh is None or fresh.type != FILE:
             raise errors.NotFound()
@@ -219,7 +225,7 @@ class Engine:
                        group: str | None = None) -> list[NewInode]:
         return [NewInode(path=p, type=DIRECTORY, size=0, mode=self.dir_mode, owner=owner,
                          group=owner if group is None else group, mtime_ns=stamp, backend=backend,
-                         instance_id=self.instance_id if backend == "localfs" else None)
+                         instance_id=self.owner_for(backend))
                 for p in ancestors(path)]
 
     async def _check_create(self, identity: str, path: str, wanted: str):
@@ -257,7 +263,7 @@ class Engine:
             backend.make_directory(path)
             entry = NewInode(path=path, type=DIRECTORY, size=0, mode=self.dir_mode, owner=identity,
                              group=identity, mtime_ns=stamp, backend=backend_name,
-                             instance_id=self.instance_id if backend_name == "localfs" else None)
+                             instance_id=self.owner_for(backend_name))
             try:
                 await self.store.create(self._ancestor_rows(path, identity, stamp, backend_name),
                                         entry, anchor)
@@ -354,21 +360,25 @@ class Engine:
     async def _publish_new(self, identity: str, path: str, upload, backend_name: str, lease,
                            anchor, mode: int | None = None) -> Inode:
         stamp = now_ns()
-        await upload.commit(stamp, lease.check, new=True)
         entry = NewInode(path=path, type=FILE, size=upload.size,
                          mode=self.file_mode if mode is None else mode,
                          owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
-                         instance_id=self.instance_id if backend_name == "localfs" else None,
-                         fence=lease.fence)
+                         instance_id=self.owner_for(backend_name), fence=lease.fence)
         ancestors = self._ancestor_rows(path, identity, stamp, backend_name)
-        return await self._record(upload, lease, self.store.create, ancestors, entry, anchor)
+        # Busy from before the bytes are published: a reader meeting them takes them for the
+        # write in flight that they are, instead of waiting for their record.
+        with self.store.changing([path]):
+            await upload.commit(stamp, lease.check, new=True)
+            return await self._record(upload, lease, self.store.create, ancestors, entry,
+                                      anchor)
 
     async def _publish_replace(self, existing: Inode, upload, lease) -> Inode:
         stamp = now_ns()
-        await upload.commit(stamp, lease.check)
         try:
-            return await self._record(upload, lease, self.store.update_content, existing,
-                                      upload.size, stamp, lease.fence)
+            with self.store.changing([existing.path]):  # as in _publish_new
+                await upload.commit(stamp, lease.check)
+                return await self._record(upload, lease, self.store.update_content, existing,
+                                          upload.size, stamp, lease.fence)
         except errors.NotFound:
             # Deleted meanwhile under another name (a directory above moved): retryable.
             raise errors.WriteConflict("the file was deleted while it was written; "
@@ -396,11 +406,10 @@ class Engine:
         path's lock, then `finish` or `undo` once recorded (or `abort`)."""
         upload = backend.begin_write(path)
         try:
-            fill = getattr(upload, "fill", None)
-            if fill is not None and getattr(body, "expected", None) is not None:
+            if body.expected is not None:
                 # A body of announced length (checked against MAX_UPLOAD already) may go
                 # straight into the staged file.
-                await fill(body)
+                await upload.fill(body)
             while True:
                 chunk = await body.read()
                 if not chunk:
@@ -438,10 +447,9 @@ class Engine:
             if check is not None:
                 check(inode)
             backend = self.backend_for(inode)
-            begin_remove = getattr(backend, "begin_remove", None)
-            if inode.type == FILE and begin_remove is not None:
+            if inode.type == FILE:
                 # The bytes go inside the store's transaction, so no move comes in between.
-                removal = begin_remove(path)
+                removal = backend.begin_remove(path)
                 try:
                     await self.store.delete(inode, removal.publish)
                 except BaseException:
@@ -462,12 +470,11 @@ class Engine:
         it moved after the entry's row was deleted (the move never saw the row). Follow the
         parent, while a move is in flight."""
         backend = self.backend_for(inode)
-        busy = getattr(self.store, "busy", None)
         deadline = asyncio.get_running_loop().time() + MOVE_WAIT
         while asyncio.get_running_loop().time() < deadline:
             # Asked before the path is read: a move that was not in flight then has committed,
             # and the path read next is its result.
-            moving = busy is not None and busy(inode.path)
+            moving = self.store.busy(inode.path)
             parent = await self.store.path_of(inode.parent_id)
             if parent is None:
                 return
@@ -505,10 +512,7 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, started_ns: int = 0
     """
     handled = await moves.recover_moves(engine, lock_timeout)
     for name, backend in engine.backends.items():
-        leftovers = getattr(backend, "leftovers", None)
-        if leftovers is None:
-            continue
-        for item in leftovers(min_age, started_ns):
+        for item in backend.leftovers(min_age, started_ns):
             if await engine.store.get(item.tmp) is not None:
                 continue
             deleted = False
@@ -531,9 +535,8 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, started_ns: int = 0
 async def _deleted_entry(engine: "Engine", name: str, backend, item) -> str | None:
     """The file a deletion set `item` aside from, when the deletion never committed (the
     metadata still holds the file, and its name on disk is free); None otherwise."""
-    restore = getattr(backend, "restore_removed", None)
     parent = await engine.store.get(item.parent)
-    if restore is None or parent is None or parent.type != DIRECTORY:
+    if parent is None or parent.type != DIRECTORY:
         return None
     for child in await engine.store.list_children(parent):
         if (child.type == FILE and child.backend == name and item.written_for(child.name)
@@ -570,6 +573,6 @@ def _listing_key(inode: Inode):
 
 
 def _check_announced_size(body) -> None:
-    expected = getattr(body, "expected", None)
+    expected = body.expected
     if expected is not None and expected > MAX_UPLOAD:
         raise errors.PayloadTooLarge()

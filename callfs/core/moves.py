@@ -208,7 +208,7 @@ async def _copy_directory(engine, identity: str, source: Inode, dst: str) -> Ino
     stamp = now_ns()
     entry = NewInode(path=dst, type=DIRECTORY, size=0, mode=source.mode, owner=identity,
                      group=identity, mtime_ns=stamp, backend=backend_name,
-                     instance_id=engine.instance_id if backend_name == "localfs" else None)
+                     instance_id=engine.owner_for(backend_name))
     return await engine.store.create(engine._ancestor_rows(dst, identity, stamp, backend_name),
                                      entry)
 
@@ -247,10 +247,7 @@ async def recover_moves(engine, lock_timeout: float) -> int:
     """Finish or undo the moves a crash interrupted (see backends/localmove.py)."""
     handled = 0
     for backend in engine.backends.values():
-        intents = getattr(backend, "move_intents", None)
-        if intents is None:
-            continue
-        for name, record in intents():
+        for name, record in backend.move_intents():
             if await engine.store.get("/" + name) is not None:
                 continue  # a file of the namespace that merely has such a name
             if not _valid_intent(record):

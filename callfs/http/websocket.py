@@ -86,6 +86,8 @@ class WebSocket:
     `send_text` and `close`. What the client sends waits in a bounded buffer: above HIGH_WATER
     the connection stops reading until the handler drains it."""
 
+    expected = None  # as an upload body (backends.base.Body): its length is known at its end
+
     def __init__(self, run, *, upload: bool):
         self._run = run
         self._reader = Connection(ConnectionType.SERVER)

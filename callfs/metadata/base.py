@@ -95,3 +95,18 @@ class MetadataStore(Protocol):
         """Remove an entry; DirectoryNotEmpty for a directory with children, NotFound if gone
         or moved away from `inode.path`. `publish()`, when given, takes the bytes away inside
         the transaction, just before the commit (as a move's does)."""
+
+
+class EngineStore(MetadataStore, Protocol):
+    """The store the engine is given: a MetadataStore behind the per-host cache
+    (metadata/cache.py), which also says what is in flight and offers the read view."""
+
+    def busy(self, path: str) -> bool:
+        """A write, move or delete that may change `path` is in flight (in any process here)."""
+
+    def changing(self, paths: list[str]):
+        """Context manager: `paths` count as busy while the caller changes their bytes ahead
+        of the record (a publish), so no cached entry of theirs is served meanwhile."""
+
+    def read_view(self, **policy):
+        """The native read view over the cached entries (callfs._native.readview)."""

@@ -12,6 +12,7 @@ path's lock may use the cache too: an entry is exact until a write begins, and t
 needs the same lock. The engine's read view (`read_view`) answers from the same entries by the
 same rule (GenerationTable.unchanged).
 """
+import contextlib
 import os
 
 from callfs._native.generations import GenerationTable, table_bytes
@@ -72,6 +73,20 @@ class CachedStore:
     def busy(self, path: str) -> bool:
         """A write or a move that may change `path` is in flight (in any process here)."""
         return self.table.stamp(path) < 0
+
+    @contextlib.contextmanager
+    def changing(self, paths):
+        """`paths` are busy for every process here while the caller changes their bytes ahead
+        of their record (the record itself announces itself too, inside)."""
+        table = self.table
+        for path in paths:
+            table.begin(path)
+        try:
+            yield
+        finally:
+            for path in paths:
+                table.end(path)
+                self._drop(path)
 
     async def get(self, path: str):
         entry = self.lookup(path)
@@ -162,12 +177,5 @@ class CachedStore:
         return await self._announced([inode.path], self.store.delete(inode, publish))
 
     async def _announced(self, paths, operation):
-        table = self.table
-        for path in paths:
-            table.begin(path)
-        try:
+        with self.changing(paths):
             return await operation
-        finally:
-            for path in paths:
-                table.end(path)
-                self._drop(path)

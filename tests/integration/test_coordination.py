@@ -175,6 +175,7 @@ def test_a_writer_stalled_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_p
     from callfs.core.engine import Engine
     from callfs.core.errors import LockTimeout
     from callfs.locks.redis import RedisLockManager
+    from callfs.metadata.cache import CachedStore, open_table
     from callfs.metadata.postgres import PostgresStore
 
     root = tmp_path / "files"
@@ -209,7 +210,7 @@ def test_a_writer_stalled_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_p
             writer.join(20)
 
     async def writer_a():
-        store = PostgresStore(database)
+        store = CachedStore(PostgresStore(database), open_table(str(tmp_path / "a-gen")))
         locks = RedisLockManager("127.0.0.1:6379", ttl=2.0)
         engine = Engine(store=store, locks=locks,
                         backends={"localfs": LocalFSBackend(str(root), durable=True)},

@@ -209,6 +209,10 @@ class Body:
         data, self.data = self.data, b""
         return data
 
+    async def transfer_to(self, fd):
+        data, self.data = self.data, b""
+        return os.write(fd, data) if data else 0
+
 
 def make_site(tmp: str):
     """A real engine (SQLite behind the generation cache, a local backend) holding files of
