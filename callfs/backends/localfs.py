@@ -223,13 +223,7 @@ class LocalUpload:
     def finish(self) -> None:
         """The metadata records the new version: drop the intent (the old version, or the
         second name of a new file)."""
-        if self.tmp is not None:
-            try:
-                os.unlink(self.tmp, dir_fd=self.dir_fd)
-            except FileNotFoundError:
-                pass
-            self.tmp = None
-        self._close()
+        self._drop_staged()
 
     def undo(self) -> None:
         """The metadata could not record the write: put back what the name held before —
@@ -264,6 +258,10 @@ class LocalUpload:
         """Drop the staged bytes (nothing published, or `undo` put back what was); a no-op
         once the write ended. The name goes before the descriptor (and its flock), so a
         recovery pass never finds it unlocked."""
+        self._drop_staged()
+
+    def _drop_staged(self) -> None:
+        """The staged name goes, then the descriptors: the write has ended."""
         if self.tmp is not None:
             try:
                 os.unlink(self.tmp, dir_fd=self.dir_fd)

@@ -6,10 +6,6 @@ from callfs.core.model import DIRECTORY, Inode
 ADMINS = frozenset({"root", "internal-proxy"})
 
 
-def is_admin(identity: str) -> bool:
-    return identity in ADMINS
-
-
 def may_read(identity: str, inode: Inode) -> bool:
     return True
 

@@ -60,21 +60,28 @@ class BodySender:
             await self._drain()
 
     async def _wait_writable(self) -> None:
-        """Readiness of the transport's socket through a duplicate descriptor: the event loop
-        refuses a second watcher on the transport's own descriptor."""
-        if self._dup_fd < 0:
-            self._dup_fd = os.dup(self._sock_fd)
         if not self._stall_since:
             self._stall_since = self.loop.time()
+        await self._wait_ready(self.loop.add_writer, self.loop.remove_writer, "_drain_waiter")
+
+    async def _wait_readable(self) -> None:
+        await self._wait_ready(self.loop.add_reader, self.loop.remove_reader, "_read_waiter")
+
+    async def _wait_ready(self, watch, unwatch, waiter_field: str) -> None:
+        """Readiness of the transport's socket through a duplicate descriptor: the event loop
+        refuses a second watcher on the transport's own descriptor. The waiter sits in
+        `waiter_field`, where connection_lost finds it."""
+        if self._dup_fd < 0:
+            self._dup_fd = os.dup(self._sock_fd)
         waiter = self.loop.create_future()
-        self._drain_waiter = waiter
-        self.loop.add_writer(self._dup_fd, _set_once, waiter)
+        setattr(self, waiter_field, waiter)
+        watch(self._dup_fd, _set_once, waiter)
         try:
             await waiter
         finally:
-            self._drain_waiter = None
+            setattr(self, waiter_field, None)
             if self._dup_fd >= 0:
-                self.loop.remove_writer(self._dup_fd)
+                unwatch(self._dup_fd)
 
     def _release_dup(self) -> None:
         if self._dup_fd >= 0:
@@ -82,19 +89,6 @@ class BodySender:
             self.loop.remove_reader(self._dup_fd)
             os.close(self._dup_fd)
             self._dup_fd = -1
-
-    async def _wait_readable(self) -> None:
-        if self._dup_fd < 0:
-            self._dup_fd = os.dup(self._sock_fd)
-        waiter = self.loop.create_future()
-        self._read_waiter = waiter
-        self.loop.add_reader(self._dup_fd, _set_once, waiter)
-        try:
-            await waiter
-        finally:
-            self._read_waiter = None
-            if self._dup_fd >= 0:
-                self.loop.remove_reader(self._dup_fd)
 
 
 def _set_once(waiter: asyncio.Future) -> None:

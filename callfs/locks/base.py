@@ -4,6 +4,7 @@ Keys follow the Redis layout of API.md §13.5: `file:<path>` for file writes, `d
 directory creation and deletion. A lease carries a fencing number that grows with every
 acquisition, so a writer can prove it is newer than the one before it.
 """
+import contextlib
 from typing import Protocol
 
 
@@ -23,6 +24,18 @@ class Lease(Protocol):
         publishes, so a writer that lost its lock changes nothing."""
 
     async def release(self) -> None: ...
+
+
+class Holding:
+    """`hold` for a lock manager that has `acquire(keys, timeout)` returning a Lease."""
+
+    @contextlib.asynccontextmanager
+    async def hold(self, keys: list[str], timeout: float | None):
+        lease = await self.acquire(keys, timeout)
+        try:
+            yield lease
+        finally:
+            await lease.release()
 
 
 class LockManager(Protocol):

@@ -6,7 +6,6 @@ process, then a POSIX record lock (F_SETLK, owned per process) excludes the othe
 A dead worker's record locks vanish with it, so nothing stays locked after a crash.
 """
 import asyncio
-import contextlib
 import errno
 import fcntl
 import os
@@ -15,6 +14,7 @@ import tempfile
 import zlib
 
 from callfs.core import errors
+from callfs.locks.base import Holding
 
 STRIPES = 4096
 _FENCE_OFFSET = STRIPES  # the fencing counter lives after the stripes, under a stripe of its own
@@ -39,7 +39,7 @@ class _Lease:
             self._manager._release(self._stripes)
 
 
-class LocalLockManager:
+class LocalLockManager(Holding):
     def __init__(self, fd: int | None = None):
         self._fd = fd
         self._owned_fd = fd is None
@@ -67,14 +67,6 @@ class LocalLockManager:
     @staticmethod
     def stripe(key: str) -> int:
         return zlib.crc32(key.encode("utf-8", "surrogatepass")) % STRIPES
-
-    @contextlib.asynccontextmanager
-    async def hold(self, keys: list[str], timeout: float | None):
-        lease = await self.acquire(keys, timeout)
-        try:
-            yield lease
-        finally:
-            await lease.release()
 
     async def acquire(self, keys: list[str], timeout: float | None) -> _Lease:
         stripes = sorted({self.stripe(key) for key in keys})

@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from callfs.core import errors
+from callfs.locks.base import Holding
 
 log = logging.getLogger("callfs.locks")
 
@@ -178,7 +179,7 @@ class RedisLease:
         self._held.extend(names)
 
 
-class RedisLockManager:
+class RedisLockManager(Holding):
     """Per-path writer locks shared by every CallFS node that uses the same Redis (database 0)."""
 
     def __init__(self, addr: str, password: str = "", *, ttl: float = 30.0,
@@ -265,14 +266,6 @@ class RedisLockManager:
                        asyncio.create_task(self._subscriptions(), name="callfs-lock-notices")]
 
     # -- acquiring -----------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def hold(self, keys: list[str], timeout: float | None):
-        lease = await self.acquire(keys, timeout)
-        try:
-            yield lease
-        finally:
-            await lease.release()
 
     async def acquire(self, keys: list[str], timeout: float | None) -> RedisLease:
         """Take every key (in byte order, so two holders never wait on each other in a cycle)."""

@@ -333,12 +333,8 @@ class PostgresStore:
                         if retried or not await self._dropped(conn, exc):
                             raise
                         retried = True
-            except errors.CallFSError:
-                raise
             except Exception as exc:
-                if _is_unavailable(exc) or isinstance(exc, _STALE):
-                    raise _unavailable(exc) from exc
-                raise
+                _reraise(exc)
 
     async def get(self, path: str) -> Inode | None:
         rows = await self._fetch(_GET, path)
@@ -403,12 +399,8 @@ class PostgresStore:
                 if attempt >= _ATTEMPTS:
                     raise errors.ServiceUnavailable(
                         "metadata store: too much contention, try again") from exc
-            except errors.CallFSError:
-                raise
             except Exception as exc:
-                if _is_unavailable(exc) or isinstance(exc, _STALE):
-                    raise _unavailable(exc) from exc
-                raise
+                _reraise(exc)
 
     async def create(self, ancestors: list[NewInode], entry: NewInode,
                      anchor: tuple[int, str] | None = None) -> Inode:
@@ -523,3 +515,12 @@ class PostgresStore:
         await conn.execute(_DELETE, inode.id)
         if publish is not None:
             _publish(publish)
+
+
+def _reraise(exc: Exception):
+    """Raise what a failed store call means: an unreachable server, or a connection left
+    stale by one, as 503 SERVICE_UNAVAILABLE; our own errors and anything else as they are."""
+    if not isinstance(exc, errors.CallFSError) and (_is_unavailable(exc)
+                                                    or isinstance(exc, _STALE)):
+        raise _unavailable(exc) from exc
+    raise exc

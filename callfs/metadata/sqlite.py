@@ -169,16 +169,7 @@ class SQLiteStore:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise errors.ServiceUnavailable(f"metadata store: {exc}") from exc
-            try:
-                result = fn(conn, *args)
-                conn.execute("COMMIT")
-                return result
-            except BaseException:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
+            return _in_transaction(conn, fn, *args)
 
     async def _write(self, fn, *args):
         conn = self._inline
@@ -189,16 +180,7 @@ class SQLiteStore:
                 except sqlite3.OperationalError:
                     pass  # another process writes: wait for it on the writer thread
                 else:
-                    try:
-                        result = fn(conn, *args)
-                        conn.execute("COMMIT")
-                        return result
-                    except BaseException:
-                        try:
-                            conn.execute("ROLLBACK")
-                        except sqlite3.Error:
-                            pass
-                        raise
+                    return _in_transaction(conn, fn, *args)
             finally:
                 self._write_lock.release()
         # The thread commits or not whatever happens to the caller: wait for its outcome.
@@ -318,3 +300,18 @@ class SQLiteStore:
             raise errors.NotFound()
         if publish is not None:
             _publish(publish)
+
+
+def _in_transaction(conn, fn, *args):
+    """`fn(conn, *args)` inside the transaction just begun on `conn`: committed with its
+    result, or rolled back when it raises."""
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+        return result
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
