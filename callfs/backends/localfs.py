@@ -299,7 +299,7 @@ class LocalRemoval:
             return  # the store may run its transaction again
         self.published = True
         try:
-            dir_fd, name = self.backend._parent(self.path, False)
+            dir_fd, name = self.backend.parent_dir(self.path, False)
         except errors.NotFound:
             return  # no bytes at the path
         if _is_dir(name, dir_fd):  # not a file's bytes: not ours to take
@@ -366,7 +366,7 @@ class LocalFSBackend:
             raise errors.InternalError("the local backend is disabled (backend.localfs_root_path)")
         return self.root + path if path != "/" else self.root
 
-    def _parent(self, path: str, create: bool) -> tuple[int, str]:
+    def parent_dir(self, path: str, create: bool) -> tuple[int, str]:
         """A descriptor of the parent directory of `path` and the entry's name in it.
 
         Short paths open the parent directly; paths near PATH_MAX (root prefix + up to 4096
@@ -415,7 +415,7 @@ class LocalFSBackend:
             if len(target) < _SHORT_PATH:
                 fd = os.open(target, flags)
             else:
-                dir_fd, name = self._parent(path, False)
+                dir_fd, name = self.parent_dir(path, False)
                 try:
                     fd = os.open(name, flags, dir_fd=dir_fd)
                 finally:
@@ -447,9 +447,9 @@ class LocalFSBackend:
 
     def begin_write(self, path: str) -> LocalUpload:
         """A staged write of `path`, in the directory that will hold it."""
-        dir_fd, name = self._parent(path, True)
+        dir_fd, name = self.parent_dir(path, True)
         try:
-            return LocalUpload(dir_fd, name, self.durable, lambda: self._parent(path, True))
+            return LocalUpload(dir_fd, name, self.durable, lambda: self.parent_dir(path, True))
         except BaseException:
             os.close(dir_fd)
             raise
@@ -461,7 +461,7 @@ class LocalFSBackend:
             raise errors.NotADirectory("a parent of the path is a file") from None
 
     def make_directory(self, path: str) -> None:
-        dir_fd, name = self._parent(path, True)
+        dir_fd, name = self.parent_dir(path, True)
         try:
             os.mkdir(name, _DIR_MODE, dir_fd=dir_fd)
         except FileExistsError:
@@ -478,7 +478,7 @@ class LocalFSBackend:
         """Put back bytes a deletion set aside (the staged file `tmp`) at `path`, unless
         something holds that name; True when they took it."""
         try:
-            dir_fd, name = self._parent(path, False)
+            dir_fd, name = self.parent_dir(path, False)
         except errors.NotFound:
             return False
         try:
@@ -492,7 +492,7 @@ class LocalFSBackend:
     def remove(self, path: str, is_dir: bool) -> bool:
         """Remove an entry's bytes; False when there were none at `path`."""
         try:
-            dir_fd, name = self._parent(path, False)
+            dir_fd, name = self.parent_dir(path, False)
         except errors.NotFound:
             return False
         try:

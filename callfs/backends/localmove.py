@@ -45,9 +45,9 @@ class LocalMove:
         if self.published:
             return
         backend = self.backend
-        src_dir, src_name = backend._parent(self.src, False)
+        src_dir, src_name = backend.parent_dir(self.src, False)
         try:
-            dst_dir, dst_name = backend._parent(self.dst, True)
+            dst_dir, dst_name = backend.parent_dir(self.dst, True)
             try:
                 if self.replace:
                     rename_exchange(src_dir, src_name, dst_dir, dst_name)
@@ -87,9 +87,9 @@ def _put_back(backend, src: str, dst: str, replace: bool, identity) -> None:
     a replaced entry, kept under `src` by the exchange, returns to `dst`."""
     if not _holds(backend, dst, identity):
         return
-    src_dir, src_name = backend._parent(src, True)
+    src_dir, src_name = backend.parent_dir(src, True)
     try:
-        dst_dir, dst_name = backend._parent(dst, False)
+        dst_dir, dst_name = backend.parent_dir(dst, False)
         try:
             if replace:
                 rename_exchange(dst_dir, dst_name, src_dir, src_name)

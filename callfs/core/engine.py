@@ -221,14 +221,14 @@ class Engine:
 
     # -- creation ----------------------------------------------------------------------------
 
-    def _ancestor_rows(self, path: str, owner: str, stamp: int, backend: str,
+    def ancestor_rows(self, path: str, owner: str, stamp: int, backend: str,
                        group: str | None = None) -> list[NewInode]:
         return [NewInode(path=p, type=DIRECTORY, size=0, mode=self.dir_mode, owner=owner,
                          group=owner if group is None else group, mtime_ns=stamp, backend=backend,
                          instance_id=self.owner_for(backend))
                 for p in ancestors(path)]
 
-    async def _check_create(self, identity: str, path: str, wanted: str):
+    async def check_create(self, identity: str, path: str, wanted: str):
         """The checks of API.md §9.3/§9.4 that come before any byte is read, in their order.
         Returns the existing entry (or None) and the anchor: the deepest existing ancestor's
         (id, path), which must not move while the entry is written below it."""
@@ -250,11 +250,11 @@ class Engine:
 
     async def create_directory(self, identity: str, path: str) -> bool:
         """POST with a trailing slash: True when created, False when it already existed."""
-        existing, _ = await self._check_create(identity, path, DIRECTORY)
+        existing, _ = await self.check_create(identity, path, DIRECTORY)
         if existing is not None:
             return self._directory_exists(existing)
         async with self.locks.hold([dir_key(path)], self.lock_timeout):
-            existing, anchor = await self._check_create(identity, path, DIRECTORY)
+            existing, anchor = await self.check_create(identity, path, DIRECTORY)
             if existing is not None:
                 return self._directory_exists(existing)
             backend_name = self.default_backend
@@ -265,7 +265,7 @@ class Engine:
                              group=identity, mtime_ns=stamp, backend=backend_name,
                              instance_id=self.owner_for(backend_name))
             try:
-                await self.store.create(self._ancestor_rows(path, identity, stamp, backend_name),
+                await self.store.create(self.ancestor_rows(path, identity, stamp, backend_name),
                                         entry, anchor)
             except errors.AlreadyExists as exc:
                 return self._directory_exists(exc.existing)
@@ -280,7 +280,7 @@ class Engine:
     async def create_file(self, identity: str, path: str, body, check: Check | None = None) -> None:
         """POST without a trailing slash: a new file; never overwrites. The body is staged
         with no lock held; whether the name is still free is decided when it publishes."""
-        existing, _ = await self._check_create(identity, path, FILE)
+        existing, _ = await self.check_create(identity, path, FILE)
         if existing is not None:
             raise errors.AlreadyExists()
         if check is not None:
@@ -290,7 +290,7 @@ class Engine:
         upload = await self._stage(self.backends[backend_name], path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-                existing, anchor = await self._check_create(identity, path, FILE)
+                existing, anchor = await self.check_create(identity, path, FILE)
                 if existing is not None:
                     raise errors.AlreadyExists()
                 if check is not None:
@@ -305,7 +305,7 @@ class Engine:
         The body is staged with no lock held, so a slow client holds no other writer up; the
         path's lock is taken only to publish, where the entry is read again and the
         precondition decided against it: the last writer to publish wins."""
-        existing, _ = await self._check_create(identity, path, FILE)
+        existing, _ = await self.check_create(identity, path, FILE)
         if existing is not None and existing.type == DIRECTORY:
             raise errors.IsADirectory()
         if check is not None:
@@ -315,7 +315,7 @@ class Engine:
         upload = await self._stage(self._backend_named(backend_name), path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-                existing, anchor = await self._check_create(identity, path, FILE)
+                existing, anchor = await self.check_create(identity, path, FILE)
                 if existing is None:
                     if check is not None:
                         check(None)
@@ -332,7 +332,7 @@ class Engine:
         finally:
             upload.abort()
 
-    async def _store_new(self, identity: str, path: str, body, lease, anchor,
+    async def store_new(self, identity: str, path: str, body, lease, anchor,
                          mode: int | None = None) -> Inode:
         """Stage and publish a new file while the caller holds the path's lock (a copy)."""
         backend_name = self.default_backend
@@ -343,7 +343,7 @@ class Engine:
         finally:
             upload.abort()
 
-    async def _replace(self, existing: Inode, body, lease) -> Inode:
+    async def replace_content(self, existing: Inode, body, lease) -> Inode:
         """Stage and publish a file's new content while the caller holds its lock (a copy)."""
         upload = await self._stage(self.backend_for(existing), existing.path, body)
         try:
@@ -364,7 +364,7 @@ class Engine:
                          mode=self.file_mode if mode is None else mode,
                          owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
                          instance_id=self.owner_for(backend_name), fence=lease.fence)
-        ancestors = self._ancestor_rows(path, identity, stamp, backend_name)
+        ancestors = self.ancestor_rows(path, identity, stamp, backend_name)
         # Busy from before the bytes are published: a reader meeting them takes them for the
         # write in flight that they are, instead of waiting for their record.
         with self.store.changing([path]):

@@ -133,7 +133,7 @@ async def move(engine, identity: str, src: str, request: MoveRequest, check=None
         source, existing = await planner.plan(identity, src, request, check)
         backend = engine.backend_for(source)
         bytes_move = backend.begin_move(src, dst, source.id, existing is not None)
-        rows = engine._ancestor_rows(dst, source.owner, now_ns(), source.backend,
+        rows = engine.ancestor_rows(dst, source.owner, now_ns(), source.backend,
                                      group=source.group)
         try:
             moved = await engine.store.move(source, dst, rows, existing, bytes_move.publish)
@@ -189,15 +189,15 @@ async def copy(engine, identity: str, src: str, request: MoveRequest, check=None
 
 async def _copy_file(engine, identity: str, source: Inode, dst: str, existing: Inode | None,
                      lease) -> Inode:
-    found, anchor = await engine._check_create(identity, dst, FILE)
+    found, anchor = await engine.check_create(identity, dst, FILE)
     if (found is None) != (existing is None) or (found and found.id != existing.id):
         raise errors.AlreadyExists()  # the destination changed since the plan
     source, handle = await engine.open_current(identity, source)
     try:
         body = engine.backend_for(source).copy_source(handle)
         if existing is not None:
-            return await engine._replace(existing, body, lease)
-        return await engine._store_new(identity, dst, body, lease, anchor, mode=source.mode)
+            return await engine.replace_content(existing, body, lease)
+        return await engine.store_new(identity, dst, body, lease, anchor, mode=source.mode)
     finally:
         handle.close()
 
@@ -209,7 +209,7 @@ async def _copy_directory(engine, identity: str, source: Inode, dst: str) -> Ino
     entry = NewInode(path=dst, type=DIRECTORY, size=0, mode=source.mode, owner=identity,
                      group=identity, mtime_ns=stamp, backend=backend_name,
                      instance_id=engine.owner_for(backend_name))
-    return await engine.store.create(engine._ancestor_rows(dst, identity, stamp, backend_name),
+    return await engine.store.create(engine.ancestor_rows(dst, identity, stamp, backend_name),
                                      entry)
 
 
@@ -220,7 +220,7 @@ async def _restore_directory(engine, directory: Inode) -> None:
                      owner=directory.owner, group=directory.group, mtime_ns=directory.mtime_ns,
                      backend=directory.backend, instance_id=directory.instance_id)
     try:
-        await engine.store.create(engine._ancestor_rows(directory.path, directory.owner,
+        await engine.store.create(engine.ancestor_rows(directory.path, directory.owner,
                                                         now_ns(), directory.backend), entry)
     except errors.CallFSError:
         pass  # taken meanwhile, or the store is away: the copy's own error is what matters
