@@ -75,6 +75,11 @@ CONFIG_FLAG = Flag(
     "configuration file (default: config.yaml, config.yml or config.json "
     "in the current directory)",
 )
+STRICT_FLAG = Flag(
+    "strict",
+    help="refuse unknown configuration keys and CALLFS_* variables shaped like keys "
+    "(default: ignore each with a warning naming the key meant)",
+)
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -158,6 +163,16 @@ def help_text(command: Command) -> str:
     return "\n".join(lines)
 
 
+def _warn(messages: list[str]) -> None:
+    """Warnings to standard error, after what standard output already shows."""
+    if not messages:
+        return
+    sys.stdout.flush()
+    for message in messages:
+        print(f"Warning: {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _error(command: Command, message: str) -> int:
     """Report a failure the way every command does (§7.1); the exit status is 1."""
     sys.stdout.flush()
@@ -202,9 +217,12 @@ def run_server(command: Command, opts: dict, args: list[str]) -> int:
     try:
         # Nothing is written here: the server stores the embedded profile's secrets only
         # once it holds the data directory.
-        loaded = config.load(opts.get("config"), overrides=overrides)
+        loaded = config.load(opts.get("config"), overrides=overrides,
+                             strict=bool(opts.get("strict")))
     except config.ConfigError as exc:
+        _warn(exc.unknown)
         return _error(command, str(exc))
+    _warn(loaded.unknown)
     from callfs.server import serve  # imported late: config and CLI work without it
 
     return serve(loaded, workers=workers, announce=_announce)
@@ -277,15 +295,17 @@ def run_validate(command: Command, opts: dict, args: list[str]) -> int:
     overrides = _overrides(command, opts)
     print("Validating configuration...", flush=True)
     try:
-        loaded = config.load(opts.get("config"), overrides=overrides)
+        loaded = config.load(opts.get("config"), overrides=overrides,
+                             strict=bool(opts.get("strict")))
     except config.ConfigError as exc:
+        _warn(exc.unknown)
         print(f"Configuration validation failed: {exc}", flush=True)
         return _error(command, str(exc))
-    for warning in loaded.warnings:
-        print(f"Warning: {warning}", file=sys.stderr)
+    warnings = loaded.unknown + loaded.warnings
     problem = config.unavailable(loaded.config)
     if problem:
-        print(f"Warning: {problem}; 'callfs server' will refuse to start", file=sys.stderr)
+        warnings.append(f"{problem}; 'callfs server' will refuse to start")
+    _warn(warnings)
     print("\n".join(summary_lines(loaded)))
     return 0
 
@@ -429,9 +449,10 @@ DATA_FLAG = Flag(
 SERVER = Command(
     "server",
     "Run the API server (the default command).",
-    "callfs server [-c PATH] [--workers N] [--listen HOST:PORT] [--data DIR]",
+    "callfs server [-c PATH] [--strict] [--workers N] [--listen HOST:PORT] [--data DIR]",
     flags=(
         CONFIG_FLAG,
+        STRICT_FLAG,
         Flag("workers", "", "N", "worker processes sharing the port (default: number of CPUs)"),
         LISTEN_FLAG,
         DATA_FLAG,
@@ -441,7 +462,7 @@ SERVER = Command(
 VALIDATE = Command(
     "validate",
     "Load and validate the configuration, then print a summary.",
-    "callfs config validate [-c PATH] [--listen HOST:PORT] [--data DIR]",
+    "callfs config validate [-c PATH] [--strict] [--listen HOST:PORT] [--data DIR]",
     flags=(LISTEN_FLAG, DATA_FLAG),
     run=run_validate,
 )
@@ -475,8 +496,8 @@ ROOT = Command(
     Command(
         "config",
         "Check the configuration.",
-        "callfs config [-c PATH] validate",
-        flags=(CONFIG_FLAG,),
+        "callfs config [-c PATH] [--strict] validate",
+        flags=(CONFIG_FLAG, STRICT_FLAG),
         inherit_flags=True,
     ).add(VALIDATE),
     Command("cluster", "Manage cluster membership.", "callfs cluster join [flags]").add(JOIN),

@@ -2,7 +2,9 @@
 
 Layers, later wins key by key: defaults < one file (YAML or JSON) < `CALLFS_*` variables <
 the command line's `--listen` and `--data`. With neither a file nor a variable, the embedded
-single-node profile applies (§2.4). A key CallFS does not know is an error, never ignored.
+single-node profile applies (§2.4). A key CallFS does not know — in the file at any level,
+in another case, or a `CALLFS_*` variable shaped like a key — is ignored with a warning that
+names it and the key probably meant (CONFIG.md §2.3, §3); with `strict` it is an error.
 """
 
 import json
@@ -157,6 +159,9 @@ class Loaded(Struct):
     secrets_path: str | None = None  # the embedded profile's secrets, once stored on disk
     warnings: list[str] = field(default_factory=list)
     data_dir: str | None = None  # the embedded profile's directory, or --data's
+    # Unknown keys and variables, ignored (CONFIG.md §2.3, §3): one warning each, naming the
+    # key probably meant. Kept apart from `warnings` so the command line prints them plainly.
+    unknown: list[str] = field(default_factory=list)
 
 
 class Overrides(Struct):
@@ -167,7 +172,14 @@ class Overrides(Struct):
 
 
 class ConfigError(Exception):
-    """A configuration that cannot be loaded or is invalid; str() is the user-facing text."""
+    """A configuration that cannot be loaded or is invalid; str() is the user-facing text.
+
+    `unknown` holds the warnings about unknown keys found before the failure (a typo is often
+    the cause of the error that follows it), for the command line to show with the error."""
+
+    def __init__(self, message: str, unknown: list[str] | None = None):
+        super().__init__(message)
+        self.unknown = list(unknown or [])
 
 
 _CONVERTERS = {
@@ -198,13 +210,23 @@ def _unmarshal_error(detail: str) -> ConfigError:
     return ConfigError(f"failed to unmarshal config: {detail}")
 
 
-def _file_values(tree: dict, unknown: list[str]) -> RawValues:
+class Unknown(Struct, frozen=True):
+    """A name in the file or the environment that configures nothing."""
+
+    kind: str  # "section" | "key" | "variable"
+    name: str  # dotted as written (`server.LISTEN_ADDR`), or the variable's name
+    guess: str | None = None  # the known key (or variable) nearest to it
+
+
+def _file_values(tree: dict, unknown: list[Unknown]) -> RawValues:
     """Known keys of a file tree; null means "not set" and leaves the default."""
     raw: RawValues = {}
     for section, keys in tree.items():
         section = str(section)
         if section not in _SCHEMA:
-            unknown.append(_unknown_text(section, None, suggest(section, None)))
+            # A map (or nothing) at the top is a section; a value there is a key without one.
+            kind = "section" if keys is None or isinstance(keys, dict) else "key"
+            unknown.append(Unknown(kind, section, suggest(section, None)))
             continue
         if keys is None:
             continue
@@ -213,17 +235,17 @@ def _file_values(tree: dict, unknown: list[str]) -> RawValues:
         for key, value in keys.items():
             key = str(key)
             if key not in _SCHEMA[section]:
-                unknown.append(_unknown_text(f"{section}.{key}", None, suggest(section, key)))
+                unknown.append(Unknown("key", f"{section}.{key}", suggest(section, key)))
             elif value is not None:
                 raw[(section, key)] = value
     return raw
 
 
-def _apply_env(raw: RawValues, entries, unknown: list[str], ignored: list[str]) -> None:
+def _apply_env(raw: RawValues, entries, unknown: list[Unknown], ignored: list[str]) -> None:
     """Overlay CALLFS_* values: a scalar per key, map entries one per variable (§3).
 
-    A variable that names no key is an error when it looks meant as one: it has the `__`
-    separator, or is a near miss of a key's variable (`CALLFS_SERVER_LISTEN_ADDR`)."""
+    A variable that names no key is reported as unknown when it looks meant as one: it has
+    the `__` separator, or is a near miss of a key's variable (`CALLFS_SERVER_LISTEN_ADDR`)."""
     for name, path, value in entries:
         schema = _SCHEMA.get(path[0], {})
         if len(path) == 1 and path[0] in _SCHEMA:
@@ -240,7 +262,7 @@ def _apply_env(raw: RawValues, entries, unknown: list[str], ignored: list[str]) 
             ignored.append(name)
         else:
             guess = _env_near_miss(path[0]) if len(path) == 1 else suggest(path[0], path[1])
-            unknown.append(_unknown_text(name, "variable", guess and _variable(guess)))
+            unknown.append(Unknown("variable", name, guess and _variable(guess)))
 
 
 # --- unknown keys and the nearest known one -------------------------------------------------
@@ -262,17 +284,26 @@ def _variable(dotted: str) -> str:
     return " or ".join(names)
 
 
-def _unknown_text(name: str, kind: str | None, guess: str | None) -> str:
-    text = f"{kind} {name}" if kind else name
-    return f"{text} (did you mean {guess}?)" if guess else text
+def _named(item: Unknown) -> str:
+    return f"{item.name} (did you mean {item.guess}?)" if item.guess else item.name
 
 
-def _refuse_unknown(unknown: list[str], file_path: str | None) -> None:
+_KIND_WORDS = {"section": "section", "key": "key", "variable": "environment variable"}
+
+
+def unknown_warning(item: Unknown) -> str:
+    """`unknown key server.listen_adr ignored (did you mean server.listen_addr?)`"""
+    text = f"unknown {_KIND_WORDS[item.kind]} {item.name} ignored"
+    return f"{text} (did you mean {item.guess}?)" if item.guess else text
+
+
+def _refuse_unknown(unknown: list[Unknown], file_path: str | None) -> None:
+    """Strict mode: every unknown name at once, each with the key meant, as one error."""
     if not unknown:
         return
     where = f" in {file_path}" if file_path is not None else ""
-    files = [item for item in unknown if not item.startswith("variable ")]
-    variables = [item for item in unknown if item.startswith("variable ")]
+    files = [_named(item) for item in unknown if item.kind != "variable"]
+    variables = [_named(item) for item in unknown if item.kind == "variable"]
     parts = []
     if files:
         label = "unknown key" if len(files) == 1 else "unknown keys"
@@ -280,7 +311,7 @@ def _refuse_unknown(unknown: list[str], file_path: str | None) -> None:
     if variables:
         label = "unknown environment variable" if len(variables) == 1 else (
             "unknown environment variables")
-        parts.append(f"{label}: {', '.join(v.removeprefix('variable ') for v in variables)}")
+        parts.append(f"{label}: {', '.join(variables)}")
     _fail("; ".join(parts))
 
 
@@ -329,11 +360,14 @@ def load(
     cwd: str | None = None,
     create_secrets: bool = False,
     overrides: Overrides | None = None,
+    strict: bool = False,
 ) -> Loaded:
     """Assemble, convert and validate the configuration; raise ConfigError on any failure.
 
     The one path both `callfs config validate` and `callfs server` take: they see the same
-    errors. With create_secrets false, nothing is ever written."""
+    errors and the same warnings. Unknown keys and variables shaped like keys are ignored,
+    each reported in `Loaded.unknown` (CONFIG.md §2.3, §3); with strict they are an error,
+    raised before any other check. With create_secrets false, nothing is ever written."""
     environ = os.environ if environ is None else environ
     cwd = os.getcwd() if cwd is None else cwd
     overrides = overrides or Overrides()
@@ -343,15 +377,21 @@ def load(
     if file_path is None and not entries:
         loaded = _load_embedded(data_dir or os.path.join(cwd, DATA_DIR_NAME), overrides)
         return keep_secrets(loaded) if create_secrets else loaded
-    unknown: list[str] = []
+    unknown: list[Unknown] = []
     ignored: list[str] = []
     tree = _read_file(file_path, cwd) if file_path is not None else {}
-    raw = _file_values(tree, unknown)
-    _apply_env(raw, entries, unknown, ignored)
-    _refuse_unknown(unknown, file_path)
-    _apply_overrides(raw, overrides, data_dir)
-    config = _build(raw)
-    warnings = validate(config)
+    try:
+        raw = _file_values(tree, unknown)
+        _apply_env(raw, entries, unknown, ignored)
+        if strict:
+            _refuse_unknown(unknown, file_path)
+        _apply_overrides(raw, overrides, data_dir)
+        config = _build(raw)
+        warnings = validate(config)
+    except ConfigError as exc:
+        if not strict:  # the names ignored so far, shown with the error they may explain
+            exc.unknown = [unknown_warning(item) for item in unknown]
+        raise
     warnings += [f"{name} names no configuration key; ignored" for name in ignored]
     return Loaded(
         config=config,
@@ -359,6 +399,7 @@ def load(
         path=os.path.join(cwd, file_path) if file_path is not None else None,
         warnings=warnings,
         data_dir=data_dir,
+        unknown=[unknown_warning(item) for item in unknown],
     )
 
 

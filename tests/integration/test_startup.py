@@ -1,6 +1,7 @@
 """Starting `callfs server`: one server per data directory, and a configuration that says what
-it does (unknown keys refused with the key meant, one validation for `config validate` and the
-server, a start-up summary, `--listen` and `--data`). Real processes, nothing mocked."""
+it does (unknown keys ignored with a warning naming the key meant, refused with --strict, one
+validation for `config validate` and the server, a start-up summary, `--listen` and `--data`).
+Real processes, nothing mocked."""
 import http.client
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from conftest import (KEYS, SERVICES_UP, cli_env, free_port, launch, run_cli,
                       write_config)
@@ -254,42 +256,129 @@ def test_postgres_redis_processes_share_a_directory(tmp_path, database):
 # --- configuration that says what it does ----------------------------------------------------
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"server": {"listen_adr": "127.0.0.1:1"}},
-     "unknown key in config.yaml: server.listen_adr (did you mean server.listen_addr?)"),
-    ({"dlm": {"tpye": "local"}}, "unknown key in config.yaml: dlm.tpye (did you mean dlm.type?)"),
-])
-def test_unknown_keys_refused_by_validate_and_server(tmp_path, change, message):
-    write_config(tmp_path, free_port(), backend={"localfs_root_path": str(tmp_path / "files")},
-                 **change)
-    full = f"config validation failed: {message}"
-    result = run_cli(["config", "validate", "-c", "config.yaml"], tmp_path)
-    assert result.returncode == 1
-    assert f"Configuration validation failed: {full}" in result.stdout
-    assert result.stderr.startswith(f"Error: {full}\n")
-    result = run_cli(["server", "-c", "config.yaml"], tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.startswith(f"Error: {full}\n")
+def _unknown_key_config(workdir, port: int, change: dict) -> str:
+    """write_config's file with a misspelt key in place of a known one."""
+    config = write_config(workdir, port)
+    with open(config) as fh:
+        tree = yaml.safe_load(fh)
+    for section, (known, unknown) in change.items():
+        tree[section][unknown] = tree[section].pop(known)
+    with open(config, "w") as fh:
+        yaml.safe_dump(tree, fh)
+    return config
+
+
+UNKNOWN = [
+    ({"server": ("listen_addr", "listen_adr")}, "server.listen_adr", "server.listen_addr"),
+    ({"dlm": ("type", "tpye")}, "dlm.tpye", "dlm.type"),
+    ({"log": ("level", "LEVEL")}, "log.LEVEL", "log.level"),
+]
+
+
+@pytest.mark.parametrize("change,name,meant", UNKNOWN)
+def test_unknown_keys_are_warnings_in_validate(tmp_path, change, name, meant):
+    """CONFIG.md §2.3: an unknown key is ignored, never a failure; validate names it and the
+    key meant."""
+    config = _unknown_key_config(tmp_path, free_port(), change)
+    result = run_cli(["config", "validate", "-c", config], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        f"Warning: unknown key {name} ignored (did you mean {meant}?)")
+    assert "Configuration is valid" in result.stdout.splitlines()
     assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
 
 
-def test_unknown_variable_refused_at_start(tmp_path):
+def test_the_server_starts_despite_unknown_keys_and_names_them(tmp_path):
+    """Unknown keys at every level, a nested misspelling and keys in another case: the server
+    starts, warns about each with the key meant, and its summary says what it really does."""
+    port = free_port()
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = write_config(workdir, port, dlm={"tpye": "redis"}, log={"LEVEL": "error"},
+                          storage={"path": "/x"}, Server={"listen_addr": ":1"})
+    srv = Started(["-c", config, "--workers", "1"], workdir, port)
+    try:
+        warnings = [line for line in srv.stderr().splitlines() if line.startswith("Warning:")]
+        assert sorted(warnings) == sorted([
+            "Warning: unknown key dlm.tpye ignored (did you mean dlm.type?)",
+            "Warning: unknown key log.LEVEL ignored (did you mean log.level?)",
+            "Warning: unknown section storage ignored",
+            "Warning: unknown section Server ignored (did you mean server?)",
+        ])
+        assert srv.stdout().splitlines()[:5] == [
+            f"CallFS is starting with configuration file {config}.",
+            f"  Address:        http://127.0.0.1:{port}",
+            "  TLS:            off",
+            f"  Metadata store: sqlite {workdir / 'metadata.sqlite3'}",
+            "  Lock manager:   local (this instance's processes only)",
+        ]
+        assert _request(port, "PUT", "/v1/files/ok.txt", KEYS["alice"], b"ok")[0] == 201
+    finally:
+        assert srv.stop() == 0, srv.stderr()
+
+
+def test_a_misspelt_address_shows_in_the_summary(tmp_path):
+    """`listen_adr` is ignored: the address is the default one, every interface, and the
+    summary says so below the warning."""
+    config = _unknown_key_config(tmp_path, free_port(), {"server": ("listen_addr", "listen_adr")})
+    result = run_cli(["config", "validate", "-c", config], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        "Warning: unknown key server.listen_adr ignored (did you mean server.listen_addr?)")
+    assert "Listen Address: :8443" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("change,name,meant", UNKNOWN)
+def test_strict_refuses_unknown_keys_in_validate_and_server(tmp_path, change, name, meant):
+    config = _unknown_key_config(tmp_path, free_port(), change)
+    full = (f"config validation failed: unknown key in {config}: {name} "
+            f"(did you mean {meant}?)")
+    result = run_cli(["config", "validate", "--strict", "-c", config], tmp_path)
+    assert result.returncode == 1
+    assert f"Configuration validation failed: {full}" in result.stdout
+    assert result.stderr.startswith(f"Error: {full}\n")
+    result = run_cli(["server", "-c", config, "--strict"], tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""  # no banner
+    assert result.stderr.startswith(f"Error: {full}\n")
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]  # no database, no files
+
+
+def test_unknown_variable_is_a_warning_at_start(tmp_path):
+    port = free_port()
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = write_config(workdir, port)
+    srv = Started(["-c", config, "--workers", "1"], workdir, port,
+                  env={"CALLFS_DLM__TPYE": "redis"})
+    try:
+        assert ("Warning: unknown environment variable CALLFS_DLM__TPYE ignored "
+                "(did you mean CALLFS_DLM__TYPE?)") in srv.stderr().splitlines()
+        assert "  Lock manager:   local (this instance's processes only)" in srv.stdout()
+    finally:
+        assert srv.stop() == 0, srv.stderr()
+
+
+def test_unknown_variable_refused_at_start_when_strict(tmp_path):
     config = write_config(tmp_path, free_port())
     env = {**cli_env(), "CALLFS_DLM__TPYE": "local"}
-    result = subprocess.run([sys.executable, "-m", "callfs", "server", "-c", config],
+    result = subprocess.run([sys.executable, "-m", "callfs", "server", "--strict", "-c", config],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
+    assert result.stdout == ""
     assert result.stderr.startswith(
         "Error: config validation failed: unknown environment variable: CALLFS_DLM__TPYE "
         "(did you mean CALLFS_DLM__TYPE?)\n")
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
 
 
-def test_port_99999_refused_by_validate_and_server_alike(tmp_path):
+@pytest.mark.parametrize("strict", [[], ["--strict"]])
+def test_port_99999_refused_by_validate_and_server_alike(tmp_path, strict):
     write_config(tmp_path, 99999)
     message = ('config validation failed: server.listen_addr "127.0.0.1:99999": '
                'port "99999" is not a number from 1 to 65535')
-    validate = run_cli(["config", "validate", "-c", "config.yaml"], tmp_path)
-    server = run_cli(["server", "-c", "config.yaml"], tmp_path)
+    validate = run_cli(["config", "validate", "-c", "config.yaml", *strict], tmp_path)
+    server = run_cli(["server", "-c", "config.yaml", *strict], tmp_path)
     for result in (validate, server):
         assert result.returncode == 1
         assert result.stderr.startswith(f"Error: {message}\n")

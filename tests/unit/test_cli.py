@@ -35,8 +35,9 @@ instance_discovery:
 """
 
 
-SERVER_USAGE = "callfs server [-c PATH] [--workers N] [--listen HOST:PORT] [--data DIR]"
-VALIDATE_USAGE = "callfs config validate [-c PATH] [--listen HOST:PORT] [--data DIR]"
+SERVER_USAGE = (
+    "callfs server [-c PATH] [--strict] [--workers N] [--listen HOST:PORT] [--data DIR]")
+VALIDATE_USAGE = "callfs config validate [-c PATH] [--strict] [--listen HOST:PORT] [--data DIR]"
 
 
 def clean_env(**extra) -> dict:
@@ -78,7 +79,7 @@ def test_help(tmp_path):
     [
         (["server", "--help"], SERVER_USAGE),
         (["config", "validate", "-h"], VALIDATE_USAGE),
-        (["config", "--help"], "callfs config [-c PATH] validate"),
+        (["config", "--help"], "callfs config [-c PATH] [--strict] validate"),
         (["cluster", "join", "--help"], "callfs cluster join --leader URL [flags]"),
         (["help", "server"], SERVER_USAGE),
         (["help", "config", "validate"], VALIDATE_USAGE),
@@ -90,6 +91,15 @@ def test_command_help(tmp_path, args, usage):
     assert result.returncode == 0, result.stderr
     assert f"Usage:\n  {usage}\n" in result.stdout
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("args", [["server", "--help"], ["config", "validate", "--help"],
+                                  ["config", "--help"]])
+def test_help_describes_strict(tmp_path, args):
+    result = callfs_cli(tmp_path, *args)
+    line = next(line for line in result.stdout.splitlines() if " --strict " in line)
+    assert "refuse unknown configuration keys" in line
+    assert "default: ignore each with a warning" in line
 
 
 def test_version(tmp_path):
@@ -117,6 +127,9 @@ def test_version(tmp_path):
             'invalid argument "" for "--listen": must not be empty',
         ),
         (["help", "serve"], 'unknown help topic "serve"'),
+        (["--strict"], "unknown flag: --strict"),
+        (["server", "--strict=yes"], "flag --strict does not take a value"),
+        (["config", "validate", "--strict=1"], "flag --strict does not take a value"),
         (["cluster", "join"], 'required flag "--leader" not set'),
     ],
 )
@@ -234,45 +247,116 @@ def test_validate_from_environment(tmp_path):
     assert result.stderr == "Warning: CALLFS_VENV names no configuration key; ignored\n"
 
 
-UNKNOWN_KEY = "unknown key in config.yaml: server.listen_adr (did you mean server.listen_addr?)"
+UNKNOWN_CASES = [
+    (
+        VALID_YAML.replace("listen_addr:", "listen_adr:"),
+        {},
+        "unknown key server.listen_adr ignored (did you mean server.listen_addr?)",
+        "unknown key in config.yaml: server.listen_adr (did you mean server.listen_addr?)",
+    ),
+    (
+        VALID_YAML.replace('type: "local"', 'tpye: "local"'),
+        {},
+        "unknown key dlm.tpye ignored (did you mean dlm.type?)",
+        "unknown key in config.yaml: dlm.tpye (did you mean dlm.type?)",
+    ),
+    (
+        VALID_YAML.replace('protocol: "http"', 'Protocol: "http"'),
+        {},
+        "unknown key server.Protocol ignored (did you mean server.protocol?)",
+        "unknown key in config.yaml: server.Protocol (did you mean server.protocol?)",
+    ),
+    (
+        VALID_YAML,
+        {"CALLFS_SERVER_LISTEN_ADDR": ":1"},
+        "unknown environment variable CALLFS_SERVER_LISTEN_ADDR ignored "
+        "(did you mean CALLFS_SERVER__LISTEN_ADDR?)",
+        "unknown environment variable: CALLFS_SERVER_LISTEN_ADDR "
+        "(did you mean CALLFS_SERVER__LISTEN_ADDR?)",
+    ),
+]
 
 
-@pytest.mark.parametrize(
-    "text,env,message",
-    [
-        (VALID_YAML.replace("listen_addr:", "listen_adr:"), {}, UNKNOWN_KEY),
-        (
-            VALID_YAML.replace('type: "local"', 'tpye: "local"'),
-            {},
-            "unknown key in config.yaml: dlm.tpye (did you mean dlm.type?)",
-        ),
-        (
-            VALID_YAML,
-            {"CALLFS_SERVER_LISTEN_ADDR": ":1"},
-            "unknown environment variable: CALLFS_SERVER_LISTEN_ADDR "
-            "(did you mean CALLFS_SERVER__LISTEN_ADDR?)",
-        ),
-        (
-            VALID_YAML.replace('":9443"', '"127.0.0.1:99999"'),
-            {},
-            'server.listen_addr "127.0.0.1:99999": port "99999" is not a number from 1 to 65535',
-        ),
-    ],
-)
-def test_validate_and_server_refuse_alike(tmp_path, text, env, message):
-    """One validation for both commands: what validate refuses, the server refuses, with the
-    same words, before creating anything."""
+@pytest.mark.parametrize("text,env,warning,_", UNKNOWN_CASES)
+def test_validate_warns_about_unknown_names(tmp_path, text, env, warning, _):
+    """CONFIG.md §2.3 and §3: an unknown name is ignored, never a failure; CallFS names it
+    and the key meant."""
+    write_config(tmp_path, text)
+    result = callfs_cli(tmp_path, "config", "validate", "-c", "config.yaml", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"Warning: {warning}\n"
+    assert "Configuration is valid" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("text,env,_,message", UNKNOWN_CASES)
+def test_strict_refuses_unknown_names_in_validate_and_server(tmp_path, text, env, _, message):
+    """--strict: the same findings are errors, the same words from both commands, before the
+    server creates anything."""
     write_config(tmp_path, text)
     full = f"config validation failed: {message}"
-    result = callfs_cli(tmp_path, "config", "validate", "-c", "config.yaml", **env)
+    result = callfs_cli(tmp_path, "config", "validate", "--strict", "-c", "config.yaml", **env)
     assert result.returncode == 1
     assert result.stdout.splitlines()[1] == f"Configuration validation failed: {full}"
     assert result.stderr.splitlines()[0] == f"Error: {full}"
-    result = callfs_cli(tmp_path, "server", "-c", "config.yaml", **env)
+    result = callfs_cli(tmp_path, "server", "-c", "config.yaml", "--strict", **env)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines()[0] == f"Error: {full}"
     assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
+
+
+@pytest.mark.parametrize("strict", [[], ["--strict"]])
+def test_validate_and_server_refuse_alike(tmp_path, strict):
+    """One validation for both commands, with or without --strict: what validate refuses,
+    the server refuses, with the same words, before creating anything."""
+    write_config(tmp_path, VALID_YAML.replace('":9443"', '"127.0.0.1:99999"'))
+    full = ('config validation failed: server.listen_addr "127.0.0.1:99999": '
+            'port "99999" is not a number from 1 to 65535')
+    result = callfs_cli(tmp_path, "config", "validate", "-c", "config.yaml", *strict)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[1] == f"Configuration validation failed: {full}"
+    assert result.stderr.splitlines()[0] == f"Error: {full}"
+    result = callfs_cli(tmp_path, "server", "-c", "config.yaml", *strict)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[0] == f"Error: {full}"
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
+
+
+def test_warnings_come_before_the_error_they_may_explain(tmp_path):
+    """A misspelt api_key_users leaves no key: the error follows the warning that explains it,
+    from validate and from the server alike."""
+    write_config(tmp_path, VALID_YAML.replace("api_key_users:", "api_key_user:"))
+    warning = ("Warning: unknown key auth.api_key_user ignored "
+               "(did you mean auth.api_key_users?)")
+    error = ("Error: config validation failed: auth.api_keys or auth.api_key_users must "
+             "contain at least one key")
+    for args in (["config", "validate"], ["server"]):
+        result = callfs_cli(tmp_path, *args)
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[:2] == [warning, error]
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["config", "--strict", "validate"],
+        ["config", "-c", "config.yaml", "--strict", "validate"],
+        ["config", "validate", "--strict"],
+        ["config", "--strict", "validate", "--config=config.yaml"],
+    ],
+)
+def test_validate_strict_flag_positions(tmp_path, args):
+    write_config(tmp_path, VALID_YAML.replace("listen_addr:", "listen_adr:"))
+    result = callfs_cli(tmp_path, *args)
+    assert result.returncode == 1
+    assert "unknown key in config.yaml: server.listen_adr" in result.stderr.replace(
+        str(tmp_path / "config.yaml"), "config.yaml")
+    write_config(tmp_path)
+    result = callfs_cli(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
 
 
 def test_validate_with_flags(tmp_path):

@@ -750,8 +750,28 @@ def test_env_list_is_one_element_not_split(tmp_path):
         ("CALLFS_STORAGE__PATH", ""),
     ],
 )
-def test_env_unknown_names_are_errors_with_a_suggestion(tmp_path, name, shown):
-    message = env_error(tmp_path, **{name: "x"})
+def test_env_unknown_names_are_warnings_with_a_suggestion(tmp_path, name, shown):
+    """CONFIG.md §3: unknown names under the prefix are ignored; CallFS says so."""
+    loaded = load_env(tmp_path, **{name: "x"})
+    assert loaded.config.server.listen_addr == ":8443"
+    assert loaded.config.dlm.type == "local"
+    assert loaded.unknown == [
+        f"unknown environment variable {name} ignored {shown}".rstrip()
+    ]
+    assert not [w for w in loaded.warnings if name in w]
+
+
+@pytest.mark.parametrize(
+    "name,shown",
+    [
+        ("CALLFS_SERVER_LISTEN_ADDR", "(did you mean CALLFS_SERVER__LISTEN_ADDR?)"),
+        ("CALLFS_DLM__TPYE", "(did you mean CALLFS_DLM__TYPE?)"),
+        ("CALLFS_STORAGE__PATH", ""),
+    ],
+)
+def test_env_unknown_names_are_errors_when_strict(tmp_path, name, shown):
+    message = error_of(lambda: load(environ={**BASE_ENV, name: "x"}, cwd=str(tmp_path),
+                                    strict=True))
     assert message == (
         f"config validation failed: unknown environment variable: {name} {shown}".rstrip()
     )
@@ -765,12 +785,22 @@ def test_env_names_not_shaped_like_keys_are_left_alone(tmp_path):
         "CALLFS_REFLINK_DIR names no configuration key; ignored",
         "CALLFS_VENV names no configuration key; ignored",
     ]
+    assert loaded.unknown == []
+    strict = load(environ={**BASE_ENV, "CALLFS_VENV": "/opt/venv"}, cwd=str(tmp_path),
+                  strict=True)
+    assert strict.warnings == ["CALLFS_VENV names no configuration key; ignored"]
 
 
 def test_unknown_keys_in_file_and_env_reported_together(tmp_path):
     write(tmp_path, "server:\n  listen_adr: ':1'\n")
-    message = error_of(lambda: load(environ={**BASE_ENV, "CALLFS_LOG__LEVLE": "x"},
-                                    cwd=str(tmp_path)))
+    environ = {**BASE_ENV, "CALLFS_LOG__LEVLE": "x"}
+    loaded = load(environ=environ, cwd=str(tmp_path))
+    assert loaded.unknown == [
+        "unknown key server.listen_adr ignored (did you mean server.listen_addr?)",
+        "unknown environment variable CALLFS_LOG__LEVLE ignored "
+        "(did you mean CALLFS_LOG__LEVEL?)",
+    ]
+    message = error_of(lambda: load(environ=environ, cwd=str(tmp_path), strict=True))
     assert message == (
         f"config validation failed: unknown key in {tmp_path / 'config.yaml'}: "
         "server.listen_adr (did you mean server.listen_addr?); "
@@ -915,16 +945,40 @@ def test_empty_yaml_is_valid(tmp_path):
     assert (loaded.source, loaded.config.server.protocol) == ("file", "http")
 
 
-def test_unknown_keys_are_errors_at_every_level(tmp_path):
+def tree_with_unknown_keys_at_every_level() -> dict:
     tree = valid()
     tree["storage"] = {"path": "/x"}
     tree["Server"] = {"listen_addr": ""}
     tree["listen_addr"] = ":1"
     with_(tree, "server.LISTEN_ADDR", "")
     with_(tree, "auth.internal_secret", "x")
-    with_(tree, "dlm.tpye", "local")
+    with_(tree, "dlm.tpye", "redis")
     with_(tree, "backend.sqlite_path", "x")
-    message = validation_error(tmp_path, tree)
+    return tree
+
+
+def test_unknown_keys_are_warnings_at_every_level(tmp_path):
+    """CONFIG.md §2.3: unknown keys and sections, and keys in another case, are ignored —
+    never a failure — and each is named with the key probably meant."""
+    loaded = load_tree(tmp_path, tree_with_unknown_keys_at_every_level())
+    cfg = loaded.config
+    assert (cfg.server.listen_addr, cfg.dlm.type, cfg.metadata_store.sqlite_path) == (
+        ":8443", "local", "./callfs.sqlite3")
+    assert loaded.unknown == [
+        "unknown key server.LISTEN_ADDR ignored (did you mean server.listen_addr?)",
+        "unknown key auth.internal_secret ignored (did you mean auth.internal_proxy_secret?)",
+        "unknown key dlm.tpye ignored (did you mean dlm.type?)",
+        "unknown section storage ignored",
+        "unknown section Server ignored (did you mean server?)",
+        "unknown key listen_addr ignored "
+        "(did you mean server.listen_addr or metrics.listen_addr?)",
+        "unknown key backend.sqlite_path ignored (did you mean metadata_store.sqlite_path?)",
+    ]
+
+
+def test_unknown_keys_are_errors_at_every_level_when_strict(tmp_path):
+    write(tmp_path, json.dumps(tree_with_unknown_keys_at_every_level()), "config.json")
+    message = error_of(lambda: load(environ={}, cwd=str(tmp_path), strict=True))
     assert message == (
         f"config validation failed: unknown keys in {tmp_path / 'config.json'}: "
         "server.LISTEN_ADDR (did you mean server.listen_addr?), "
@@ -948,10 +1002,23 @@ def test_unknown_keys_are_errors_at_every_level(tmp_path):
 )
 def test_a_misspelt_key_names_the_key_meant(tmp_path, text, unknown):
     write(tmp_path, text)
-    message = error_of(lambda: load(environ=BASE_ENV, cwd=str(tmp_path)))
+    name, _, meant = unknown.partition(" ")
+    kind = "section" if "." not in name else "key"
+    loaded = load(environ=BASE_ENV, cwd=str(tmp_path))
+    assert loaded.unknown == [f"unknown {kind} {name} ignored {meant}"]
+    message = error_of(lambda: load(environ=BASE_ENV, cwd=str(tmp_path), strict=True))
     assert message == (
         f"config validation failed: unknown key in {tmp_path / 'config.yaml'}: {unknown}"
     )
+
+
+def test_a_nested_misspelling_keeps_the_default(tmp_path):
+    """`dlm: {tpye: local}` is ignored: the lock manager stays the default, Redis."""
+    tree = valid()
+    tree["dlm"] = {"tpye": "local"}
+    loaded = load_tree(tmp_path, tree)
+    assert loaded.config.dlm.type == "redis"
+    assert loaded.unknown == ["unknown key dlm.tpye ignored (did you mean dlm.type?)"]
 
 
 def test_map_entries_are_names_not_keys(tmp_path):
@@ -961,10 +1028,34 @@ def test_map_entries_are_names_not_keys(tmp_path):
     assert cfg.instance_discovery.peer_endpoints == {"nodee-2": "http://n2:1"}
 
 
-def test_unknown_keys_are_reported_before_other_checks(tmp_path):
+def test_unknown_keys_come_with_the_error_they_may_explain(tmp_path):
+    """A misspelt api_key_users makes "at least one key" fail: the error carries the warning
+    that explains it; with strict, the unknown key is the error, before any other check."""
     tree = valid()
     tree["auth"]["api_key_user"] = tree["auth"].pop("api_key_users")
-    assert "unknown key" in validation_error(tmp_path, tree)
+    write(tmp_path, json.dumps(tree), "config.json")
+    with pytest.raises(ConfigError) as info:
+        load(environ={}, cwd=str(tmp_path))
+    assert str(info.value) == (
+        "config validation failed: auth.api_keys or auth.api_key_users must contain at least "
+        "one key")
+    assert info.value.unknown == [
+        "unknown key auth.api_key_user ignored (did you mean auth.api_key_users?)"]
+    message = error_of(lambda: load(environ={}, cwd=str(tmp_path), strict=True))
+    assert message == (
+        f"config validation failed: unknown key in {tmp_path / 'config.json'}: "
+        "auth.api_key_user (did you mean auth.api_key_users?)")
+
+
+def test_strict_runs_the_same_checks_on_a_clean_file(tmp_path):
+    tree = valid()
+    assert load_tree(tmp_path, tree) == load(environ={}, cwd=str(tmp_path), strict=True)
+    with_(tree, "server.listen_addr", "127.0.0.1:99999")
+    write(tmp_path, json.dumps(tree), "config.json")
+    for strict in (False, True):
+        assert error_of(lambda: load(environ={}, cwd=str(tmp_path), strict=strict)) == (
+            'config validation failed: server.listen_addr "127.0.0.1:99999": '
+            'port "99999" is not a number from 1 to 65535')
 
 
 def test_contract_examples_are_valid(tmp_path):
