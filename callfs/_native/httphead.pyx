@@ -36,6 +36,32 @@ cdef Py_ssize_t _MAX_FIELDS = MAX_FIELDS
 
 cdef tuple _VERSIONS = ("1.1", "1.0")  # the HTTP versions served; others are answered 505
 
+# The bytes a Host header may hold (RFC 9110 §7.2: uri-host [":" port], a reg-name, an IPv4
+# address or a bracketed IP literal): unreserved, sub-delims, "%", ":" and the brackets.
+# No space, so two Host lines (joined with ", ") never pass.
+cdef bint _HOST_BYTE[256]
+
+
+cdef int _allow_host_bytes(bytes allowed) except -1:
+    cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(allowed)
+    cdef Py_ssize_t i
+    for i in range(PyBytes_GET_SIZE(allowed)):
+        _HOST_BYTE[raw[i]] = True
+    return 0
+
+
+_allow_host_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]")
+
+
+cpdef bint valid_host(bytes value):
+    """Whether `value` may be a request's Host header (empty is valid: no authority)."""
+    cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i
+    for i in range(PyBytes_GET_SIZE(value)):
+        if not _HOST_BYTE[raw[i]]:
+            return False
+    return True
+
 
 def origin_form(bytes url not None):
     """The origin form of an absolute-form request target (RFC 9112 §3.2.2: a server MUST
@@ -185,8 +211,8 @@ cdef class HotPath:
         cdef const char* raw = PyBytes_AS_STRING(url)
         if size < 10 or memcmp(raw, b"/v1/files/", 10) != 0:
             return None
-        if memchr(raw, 63, size) != NULL:  # '?': a query goes the general route
-            return None
+        if memchr(raw, 63, size) != NULL or memchr(raw, 35, size) != NULL:
+            return None  # '?': a query goes the general route; '#' is refused there
         if size >= 13 and memcmp(raw, b"/v1/files/ws/", 13) == 0:
             return None  # GET there is the WebSocket endpoint (API.md §12)
         authorization = headers.get(b"authorization")
@@ -319,6 +345,11 @@ cdef class HeadState:
         if PyBytes_GET_SIZE(self._url) and PyBytes_AS_STRING(self._url)[0] != 47:  # '/'
             self._url = origin_form(self._url)
         if self._plain and self.hot is not None and not self.pipeline:
+            host = self._headers.get(b"host")
+            if host is None or not valid_host(host):
+                self._idle_since = 0.0
+                self.head_complete()  # the general route words the 400
+                return
             parser = self.parser
             method = parser.get_method()
             # Keep-alive without a Connection header is HTTP/1.1 (llhttp's rule); with one,

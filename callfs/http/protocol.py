@@ -24,11 +24,12 @@ dropped. A graceful stop lets a transfer finish within the drain deadline.
 """
 import asyncio
 import logging
+import re
 from collections import deque
 
 import httptools
 
-from callfs._native.httphead import HeadState
+from callfs._native.httphead import HeadState, valid_host
 from callfs._native.httphead import Reject as _Reject
 from callfs._native.stream import SpliceSink
 from callfs.core.errors import BadRequest, ClientGone
@@ -48,6 +49,7 @@ STRAY_PAUSE = "connection paused with nothing pending"  # the log event (a lost 
 VERSIONS = ("1.1", "1.0")  # the request versions served; others are answered 505
 
 # llhttp's words for the messages it refuses that a strict server answers other than 400.
+_TOKEN_REQUEST = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")  # a method token, then SP
 _PARSER_STATUS = {"Invalid HTTP version": 505, "Request has invalid `Transfer-Encoding`": 501,
                   "Invalid `Transfer-Encoding` header value": 501}
 
@@ -172,6 +174,9 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             ctx = exc.__context__
             if isinstance(ctx, _Reject):
                 self._parse_failed(ctx.status)
+            elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+                # A well-formed token the parser does not know is a method not implemented.
+                self._parse_failed(501 if _TOKEN_REQUEST.match(data) else 400)
             else:
                 self._parse_failed(_PARSER_STATUS.get(str(exc), 400))
         else:
@@ -181,15 +186,24 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         """A message's head for the general route: queue its Request for the runner."""
         headers = self._headers
         parser = self.parser
-        if parser.get_http_version() not in VERSIONS:
+        version = parser.get_http_version()
+        if version not in VERSIONS:
             raise _Reject(505)  # HTTP/2.0 and HTTP/0.9 request lines parse: not served here
+        host = headers.get(b"host")
+        if (host is None and version == "1.1") or (host is not None and not valid_host(host)):
+            raise _Reject(400)  # RFC 9112 §3.2: exactly one valid Host in HTTP/1.1
+        if b"#" in self._url:
+            raise _Reject(400)  # a request target carries no fragment
         length = headers.get(b"content-length")
         coding = headers.get(b"transfer-encoding")
         if coding is not None:
-            if length is not None:
-                raise _Reject(400)  # request smuggling: never trust both
+            if length is not None or version == "1.0":
+                raise _Reject(400)  # smuggling: never trust both; 1.0 framing is faulty then
             if coding.strip().lower() != b"chunked":
                 raise _Reject(501)  # RFC 9112 §6.1: a transfer coding not understood
+        expect = headers.get(b"expect")
+        if expect is not None and expect.strip().lower() != b"100-continue":
+            raise _Reject(417)  # RFC 9110 §10.1.1: an expectation this server cannot meet
         expected = None
         if length is not None:
             if not length.isdigit():

@@ -347,3 +347,58 @@ def test_an_early_answer_leaves_the_connection_reading(server, ns, size, method)
             conn.send(request_bytes("GET", f"/v1/files{ns}/taken", ALICE))
             status, _, body = conn.read_response()
             assert (status, body) == (200, b"old")
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET /health HTTP/1.1\r\n\r\n", 400),                       # no Host in HTTP/1.1
+    (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two Host lines
+    (b"GET /health HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    (b"GET /health HTTP/1.1\r\nHost: user@a\r\n\r\n", 400),
+    (b"GET /health#top HTTP/1.1\r\nHost: a\r\n\r\n", 400),        # a fragment in the target
+    (b"FOO /health HTTP/1.1\r\nHost: a\r\n\r\n", 501),            # a method not implemented
+    (b"G@T /health HTTP/1.1\r\nHost: a\r\n\r\n", 400),            # not a method at all
+], ids=["no-host", "two-hosts", "host-space", "host-userinfo", "fragment", "unknown-method",
+        "bad-method"])
+def test_strict_request_heads(server, head, status):
+    with RawConnection(server.port) as conn:
+        conn.send(head)
+        assert conn.read_response()[0] == status
+        assert conn.closed_by_peer()
+
+
+def test_hosts_that_are_valid(server):
+    with RawConnection(server.port) as conn:
+        for host in (b"", b"127.0.0.1:8443", b"[::1]:80", b"files.example.com"):
+            conn.send(b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert conn.read_response()[0] == 200, host
+    with RawConnection(server.port) as conn:
+        conn.send(b"GET /health HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs no Host
+        assert conn.read_response()[0] == 200
+
+
+def test_a_cached_file_without_a_host_is_refused_like_any_request(server, ns):
+    put(server, f"{ns}/cached", b"hot")
+    assert server.request("GET", f"/v1/files{ns}/cached")[2] == b"hot"  # now the hot path's
+    with RawConnection(server.port) as conn:
+        conn.send(f"GET /v1/files{ns}/cached HTTP/1.1\r\nAuthorization: Bearer {ALICE}\r\n"
+                  "\r\n".encode())
+        status, _, body = conn.read_response()
+        assert status == 400 and body != b"hot"
+
+
+def test_an_expectation_other_than_100_continue_is_417(server, ns):
+    with RawConnection(server.port) as conn:
+        conn.send(request_bytes("PUT", f"/v1/files{ns}/e", ALICE, b"ab", {"Expect": "fancy"}))
+        assert conn.read_response()[0] == 417
+        assert conn.closed_by_peer()
+    assert server.request("GET", f"/v1/files{ns}/e")[0] == 404
+
+
+def test_transfer_encoding_in_http_1_0_is_faulty_framing(server, ns):
+    raw = (f"PUT /v1/files{ns}/old HTTP/1.0\r\nHost: a\r\nAuthorization: Bearer {ALICE}\r\n"
+           "Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n").encode()
+    with RawConnection(server.port) as conn:
+        conn.send(raw)
+        assert conn.read_response()[0] == 400
+        assert conn.closed_by_peer()
+    assert server.request("GET", f"/v1/files{ns}/old")[0] == 404

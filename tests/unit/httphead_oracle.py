@@ -11,6 +11,11 @@ MAX_URL = 64 * 1024
 MAX_HEAD = 1024 * 1024
 MAX_FIELDS = 1000
 VERSIONS = ("1.1", "1.0")
+HOST_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]")
+
+
+def valid_host(value: bytes) -> bool:
+    return all(byte in HOST_BYTES for byte in value)
 NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
                      b"if-unmodified-since", b"if-range", b"range", b"x-request-id",
                      b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
@@ -63,7 +68,8 @@ class HotPath:
         self.answered = 0
 
     def answer(self, method: bytes, url: bytes, headers: dict, tls: bool):
-        if not url.startswith(b"/v1/files/") or b"?" in url or url.startswith(b"/v1/files/ws/"):
+        if (not url.startswith(b"/v1/files/") or b"?" in url or b"#" in url
+                or url.startswith(b"/v1/files/ws/")):
             return None
         authorization = headers.get(b"authorization")
         identity = self.keys.get(authorization) or self.identify(authorization)
@@ -146,6 +152,11 @@ class HeadState:
         if self._url[:1] not in (b"/", b""):
             self._url = origin_form(self._url)
         if self._plain and self.hot is not None and not self.pipeline:
+            host = self._headers.get(b"host")
+            if host is None or not valid_host(host):
+                self._idle_since = 0.0
+                self.head_complete()
+                return
             method = self.parser.get_method()
             if (method in (b"GET", b"HEAD") and self.parser.should_keep_alive()
                     and (b"connection" not in self._headers

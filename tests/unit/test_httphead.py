@@ -190,6 +190,27 @@ def test_origin_form_is_the_oracles(url):
     assert native.origin_form(url) == oracle.origin_form(url)
 
 
+@examples(500)
+@given(st.binary(max_size=40))
+@example(b"127.0.0.1:8443")
+@example(b"[::1]:80")
+@example(b"a, b")
+@example(b"user@host")
+@example(b"")
+def test_valid_host_is_the_oracles(value):
+    assert native.valid_host(value) == oracle.valid_host(value)
+
+
+def test_a_plain_get_without_a_valid_host_never_takes_the_hot_path(site):
+    engine, auth = site
+    for implementation, hot in zip((native, oracle), hot_paths(engine, auth)):
+        for host in (b"", b"Host: a b\r\n", b"Host: a\r\nHost: b\r\n", b"Host: u@h\r\n"):
+            conn = connection(implementation, hot=hot)
+            conn.data_received(b"GET /v1/files/d/small HTTP/1.1\r\n" + host +
+                               b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n")
+            assert conn.events and conn.events[0][0] == "head", (implementation, host)
+
+
 def test_an_absolute_target_is_parsed_as_its_origin_form():
     for implementation in (native, oracle):
         conn = connection(implementation)
@@ -352,7 +373,8 @@ def test_only_http_1_x_takes_the_hot_path_even_kept_alive(site, version):
     engine, auth = site
     for implementation, hot in zip((native, oracle), hot_paths(engine, auth)):
         conn = connection(implementation, hot=hot)
-        conn.data_received(b"GET /v1/files/d/small HTTP/" + version + b"\r\nConnection: keep-alive"
+        conn.data_received(b"GET /v1/files/d/small HTTP/" + version + b"\r\nHost: h\r\n"
+                           b"Connection: keep-alive"
                            b"\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n")
         answered = not conn.events or conn.events[0][0] != "head"
         assert answered == (version in (b"1.0", b"1.1")), implementation
