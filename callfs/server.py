@@ -30,7 +30,7 @@ from callfs.api.files import FilesAPI
 from callfs.api.system import SystemAPI
 from callfs.api.transfer import TransferAPI
 from callfs.backends.localfs import LocalFSBackend
-from callfs.core import errors
+from callfs.domain import errors
 from callfs.core.engine import Engine, recover
 from callfs.http.auth import Authenticator
 from callfs.http.hotpath import hot_path

@@ -21,7 +21,7 @@ The plain-Python specification is tests/unit/readview_oracle.py.
 """
 from callfs._native.generations cimport GenerationTable
 
-cdef str _FILE = "file"  # Inode.type of a file (callfs.core.model.FILE)
+cdef str _FILE = "file"  # Inode.type of a file (callfs.domain.model.FILE)
 
 
 cdef class Kept:

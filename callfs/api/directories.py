@@ -4,8 +4,8 @@ import re
 import orjson
 
 from callfs.api.shapes import file_info
-from callfs.core import errors
-from callfs.core.model import DIRECTORY
+from callfs.domain import errors
+from callfs.domain.model import DIRECTORY
 from callfs.http.response import JSON, Response, header_lines
 
 DEFAULT_DEPTH = 100

@@ -3,10 +3,10 @@ range and conditional requests of API.md §2."""
 import orjson
 
 from callfs.api.shapes import cache_headers, file_info, metadata_headers, validators
-from callfs.core import errors
+from callfs.domain import errors
 from callfs.api.moves import read_move_request
 from callfs.core.engine import Check, CrossServerConflict
-from callfs.core.model import DIRECTORY, FILE, Inode
+from callfs.domain.model import DIRECTORY, FILE, Inode
 from callfs.http.conditional import (UNSATISFIABLE, Preconditions, if_range_matches, parse_range,
                                      select_range)
 from callfs.http.response import JSON, OCTETS, Response, json_response

@@ -3,7 +3,7 @@ engine looks at the namespace."""
 import orjson
 
 from callfs._native.pathnorm import PathError, normalize_path, split_parent
-from callfs.core import errors
+from callfs.domain import errors
 from callfs.core.moves import MoveRequest
 
 MAX_BODY = 1024 * 1024

@@ -1,6 +1,6 @@
 """The wire shapes of API.md §6: metadata headers and the file info object; the validators of
 API.md §2 (ETag, Last-Modified)."""
-from callfs.core.model import DIRECTORY, Inode, rfc3339_seconds
+from callfs.domain.model import DIRECTORY, Inode, rfc3339_seconds
 from callfs.http.conditional import Validators, http_date
 from callfs.http.response import header_lines
 

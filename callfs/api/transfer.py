@@ -8,9 +8,9 @@ and publishes only after the client's close frame.
 import logging
 import os
 
-from callfs.core import errors
-from callfs.core.errors import ClientGone
-from callfs.core.model import DIRECTORY, ROOT
+from callfs.domain import errors
+from callfs.domain.errors import ClientGone
+from callfs.domain.model import DIRECTORY, ROOT
 from callfs.http.response import Response
 from callfs.http.websocket import (INTERNAL_ERROR, NORMAL, POLICY_VIOLATION, UNSUPPORTED_DATA,
                                    Closed, accept)

@@ -18,7 +18,7 @@ from callfs.backends.base import Capability
 from callfs.backends.localcopy import METHODS as COPY_METHODS
 from callfs.backends.localcopy import CopySource
 from callfs.backends.localmove import LocalMove, drop_intent, read_intents, recover_move
-from callfs.core import errors
+from callfs.domain import errors
 
 TMP_PREFIX = ".callfs-tmp-"
 _OLD = "-old"  # suffix of the old version's second name where exchange is unsupported

@@ -15,7 +15,7 @@ import stat
 import orjson
 
 from callfs._native.fsops import rename_exchange, rename_noreplace
-from callfs.core import errors
+from callfs.domain import errors
 
 INTENT_PREFIX = ".callfs-move-"
 

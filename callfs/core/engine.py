@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 from callfs._native.pathnorm import ancestors
 from callfs.backends.base import Capability
-from callfs.core import errors, moves, permissions
-from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
+from callfs.core import moves, permissions
+from callfs.domain import errors
+from callfs.domain.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
 from callfs.locks.base import dir_key, file_key
 
 log = logging.getLogger("callfs.engine")

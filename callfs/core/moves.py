@@ -9,8 +9,9 @@ undo a move a crash interrupted.
 from dataclasses import dataclass
 
 from callfs._native.pathnorm import ancestors, split_parent
-from callfs.core import errors, permissions
-from callfs.core.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
+from callfs.core import permissions
+from callfs.domain import errors
+from callfs.domain.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
 from callfs.locks.base import dir_key, file_key
 
 

@@ -1,7 +1,7 @@
 """Who may do what. This is the owner model of API.md §7 (the reference's rules); the full Unix
 model (groups, mode bits, sticky bit, search permission) arrives behind the same questions.
 """
-from callfs.core.model import DIRECTORY, Inode
+from callfs.domain.model import DIRECTORY, Inode
 
 ADMINS = frozenset({"root", "internal-proxy"})
 

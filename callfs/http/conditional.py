@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from callfs.core.errors import PreconditionFailed
+from callfs.domain.errors import PreconditionFailed
 
 MAX_RANGES = 100  # more range specs than this: the Range header is ignored (bounded work)
 _MAX_DIGITS = 64  # a position with more significant digits than this: Range is ignored

@@ -32,7 +32,7 @@ import httptools
 from callfs._native.httphead import HeadState, valid_host
 from callfs._native.httphead import Reject as _Reject
 from callfs._native.stream import SpliceSink
-from callfs.core.errors import BadRequest, ClientGone
+from callfs.domain.errors import BadRequest, ClientGone
 from callfs.http import flow
 from callfs.http.request import Body, Request
 from callfs.http.sending import BodySender

@@ -7,8 +7,8 @@ import orjson
 
 from callfs._native.httphead import random_id
 from callfs._native.pathnorm import MalformedURL, PathError, normalize_url_path
-from callfs.core import errors
-from callfs.core.errors import CallFSError, ClientGone
+from callfs.domain import errors
+from callfs.domain.errors import CallFSError, ClientGone
 from callfs.http.response import JSON, Response, header_lines, text_response
 
 log = logging.getLogger("callfs.http")

@@ -10,7 +10,7 @@ import asyncio
 import os
 
 from callfs._native.stream import send_file
-from callfs.core.errors import ClientGone
+from callfs.domain.errors import ClientGone
 
 FILE_CHUNK = 256 * 1024  # bytes per read of a download that cannot go by sendfile (TLS)
 

@@ -20,7 +20,7 @@ from wsproto.frame_protocol import FrameProtocol
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import ProtocolError, generate_accept_token
 
-from callfs.core.errors import ClientGone
+from callfs.domain.errors import ClientGone
 from callfs.http.response import Response, header_lines, text_response
 
 log = logging.getLogger("callfs.http")

@@ -13,7 +13,7 @@ import struct
 import tempfile
 import zlib
 
-from callfs.core import errors
+from callfs.domain import errors
 from callfs.locks.base import Holding
 
 STRIPES = 4096

@@ -18,7 +18,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from callfs.core import errors
+from callfs.domain import errors
 from callfs.locks.base import Holding
 
 log = logging.getLogger("callfs.locks")

@@ -6,8 +6,8 @@ a creation is atomic with the creation of its missing ancestors, and a path is u
 import asyncio
 from typing import Protocol
 
-from callfs.core import errors
-from callfs.core.model import Inode, NewInode
+from callfs.domain import errors
+from callfs.domain.model import Inode, NewInode
 
 
 def _publish_bytes(publish) -> None:

@@ -17,7 +17,7 @@ import os
 
 from callfs._native.generations import GenerationTable, table_bytes
 from callfs._native.readview import ReadView
-from callfs.core.model import DIRECTORY
+from callfs.domain.model import DIRECTORY
 
 DEFAULT_SLOTS = 1 << 16
 DEFAULT_CAPACITY = 100_000

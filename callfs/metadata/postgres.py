@@ -15,8 +15,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from callfs.core import errors
-from callfs.core.model import DIRECTORY, Inode, NewInode, now_ns
+from callfs.domain import errors
+from callfs.domain.model import DIRECTORY, Inode, NewInode, now_ns
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
 from callfs.metadata.migrate import migration_files

@@ -13,8 +13,8 @@ import threading
 from calendar import timegm
 from concurrent.futures import ThreadPoolExecutor
 
-from callfs.core import errors
-from callfs.core.model import DIRECTORY, Inode, NewInode, now_ns, parse_rfc3339, rfc3339_nanos
+from callfs.domain import errors
+from callfs.domain.model import DIRECTORY, Inode, NewInode, now_ns, parse_rfc3339, rfc3339_nanos
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
 from callfs.metadata.migrate import migration_files, split_statements

@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from callfs.core import errors
+from callfs.domain import errors
 from callfs.locks.redis import LockLost, RedisLockManager, split_addr
 from relay import Relay
 

@@ -20,8 +20,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from callfs.core import errors
-from callfs.core.model import DIRECTORY, FILE, NewInode
+from callfs.domain import errors
+from callfs.domain.model import DIRECTORY, FILE, NewInode
 from callfs.metadata.migrate import migration_files
 from callfs.metadata.postgres import PostgresStore
 from callfs.metadata.sqlite import SQLiteStore

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callfs.api.shapes import cache_headers, etag, validators
-from callfs.core.errors import PreconditionFailed
-from callfs.core.model import DIRECTORY, FILE, Inode
+from callfs.domain.errors import PreconditionFailed
+from callfs.domain.model import DIRECTORY, FILE, Inode
 from callfs.http.conditional import (ANY, MAX_RANGES, NO_PRECONDITIONS, UNSATISFIABLE,
                                      Preconditions, Validators, http_date, if_range_matches,
                                      parse_etags, parse_http_date, parse_range, select_range)
