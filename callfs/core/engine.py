@@ -102,16 +102,16 @@ class Engine:
         """Open a file's bytes with the metadata that describes them: (inode, handle); with
         `read=False` (HEAD) the bytes are only checked and the handle is None.
 
-        Every write stamps its file with the mtime it records, publishes the bytes and then
-        records them, all under the path's lock. So bytes newer than their record, while the
-        path is busy, belong to the one write in progress, and the record it will write is
-        known: the next version, with the file's size and stamp. They are served as that, so
-        headers (size, ETag) always describe the bytes sent. Anything else that disagrees with
-        the record (no bytes, not a regular file, another size, newer bytes with no write in
-        flight) is looked at again once whatever changes the path (a move, a delete, a write
-        between publishing and recording) is done; if the record still says otherwise, the
-        bytes are not the file's: StorageInconsistent, a 500, never a 2xx that cannot be
-        honoured (a missing file's record says it exists, so not a 404 either).
+        Every write stamps its file with the mtime it records and, under the path's lock,
+        marks the path busy, publishes the bytes and records them. So bytes newer than their
+        record, while the path is busy, belong to the one write in progress, and the record it
+        will write is known: the next version, with the file's size and stamp. They are served
+        as that, so headers (size, ETag) always describe the bytes sent. Anything else that
+        disagrees with the record (not a regular file, another size, newer bytes with no write
+        in flight, no bytes) is looked at again once whatever changes the path (a move, a
+        delete, a write) is done; if the record still says otherwise, the bytes are not the
+        file's: StorageInconsistent, a 500, never a 2xx that cannot be honoured — or, for no
+        bytes at all, BytesMissing (API.md §9.1: 404), logged all the same.
         """
         busy = self.store.busy
         loop = asyncio.get_running_loop()
@@ -148,12 +148,10 @@ class Engine:
             if fresh != inode and loop.time() < deadline:
                 inode = fresh
                 continue
-            if not newer or loop.time() >= deadline:
-                if isinstance(problem, errors.NotFound):
-                    problem = errors.StorageInconsistent(
-                        f"{inode.path}: no bytes on disk for a file the metadata records")
-                raise problem
-            await asyncio.sleep(0.002)  # newer bytes whose record has not begun yet
+            if isinstance(problem, errors.NotFound):
+                problem = errors.BytesMissing(
+                    f"{inode.path}: no bytes on disk for a file the metadata records")
+            raise problem
 
     async def _after_move(self, inode: Inode, deadline: float) -> Inode:
         """The entry at `inode`'s path once no write, move or delete is changing it (waiting

@@ -9,6 +9,9 @@ class CallFSError(Exception):
     status = 500
     code = "INTERNAL_ERROR"
     message = "an internal error occurred"
+    # A finding an operator must see (every 5xx, and these): logged with the request id; the
+    # client gets the class's message, the log the instance's.
+    logged = False
 
     def __init__(self, message: str | None = None):
         if message is not None:
@@ -88,9 +91,16 @@ class InternalError(CallFSError):
     pass
 
 
+class BytesMissing(NotFound):
+    """A file the metadata records has no bytes in storage (API.md §9.1: 404): answered as a
+    missing file, and logged, since only a change behind the server's back does that."""
+
+    logged = True
+
+
 class StorageInconsistent(InternalError):
-    """A file's bytes in storage are not what its metadata records: missing, not a regular
-    file, or of another size (a replaced disk, a change behind the server's back). Nothing is
+    """A file's bytes in storage are not what its metadata records: not a regular file, or of
+    another size (a replaced disk, a change behind the server's back). Nothing is
     served or overwritten until an operator repairs the entry or its bytes. The instance's
     message, for the log, says what was found; the client sees the class's."""
 

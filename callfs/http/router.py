@@ -38,7 +38,7 @@ _FILE_METHODS = {b"GET": "get", b"HEAD": "head", b"POST": "post", b"PUT": "put",
 
 def error_response(exc: CallFSError) -> Response:
     # A server-side failure's detail is for the log, never the client (API.md §8.2).
-    message = type(exc).message if exc.status >= 500 else exc.message
+    message = type(exc).message if exc.status >= 500 or exc.logged else exc.message
     body = orjson.dumps({"code": exc.code, "message": message})
     return Response(exc.status, JSON, body)
 
@@ -63,9 +63,9 @@ class Router:
         try:
             response = await self._dispatch(request)
         except CallFSError as exc:
-            if exc.status >= 500:
+            if exc.status >= 500 or exc.logged:
                 log.error("request failed", extra={"request_id": request.request_id,
-                                                   "error": str(exc)})
+                                                   "status": exc.status, "error": str(exc)})
             response = error_response(exc)
         except ClientGone:
             raise

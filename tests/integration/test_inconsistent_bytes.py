@@ -90,12 +90,16 @@ def log_records(server, request_id: str) -> list[dict]:
     return found
 
 
-def assert_logged_500(server, status, headers, body, request_id, method="GET"):
-    assert status == 500, (status, headers, body)
+def assert_logged_500(server, status, headers, body, request_id, method="GET", missing=False):
+    """The answer to a read of damaged bytes: 500 with the masked message — or, for bytes that
+    are gone altogether, 404 FILE_NOT_FOUND (API.md §9.1) — and an error record of it."""
+    expected = (404, {"code": "FILE_NOT_FOUND", "message": "file not found"}) if missing else \
+        (500, {"code": "INTERNAL_ERROR", "message": INCONSISTENT})
+    assert status == expected[0], (status, headers, body)
     assert headers.get("x-request-id") == request_id
     if method != "HEAD":
         assert headers["content-type"] == "application/json"
-        assert json.loads(body) == {"code": "INTERNAL_ERROR", "message": INCONSISTENT}
+        assert json.loads(body) == expected[1]
         assert b"Traceback" not in body and server.root.encode() not in body
     records = [r for r in log_records(server, request_id) if r.get("level") == "error"]
     assert records, f"no error logged for {request_id}"
@@ -121,7 +125,8 @@ def test_reads_of_bytes_that_are_not_the_recorded_file_answer_a_logged_500(serve
         for method, extra in [("GET", None), ("HEAD", None), ("GET", {"Range": "bytes=0-9"}),
                               ("GET", {"Range": "bytes=-5"}), ("HEAD", None), ("GET", None)]:
             status, headers, body, request_id = ask(conn, method, path, extra)
-            assert_logged_500(server, status, headers, body, request_id, method)
+            assert_logged_500(server, status, headers, body, request_id, method,
+                              missing=how == "deleted")
             if headers.get("connection", "").lower() == "close":
                 conn.close()
         # The same connection (or a new one, had the server closed it cleanly) goes on.
@@ -140,10 +145,10 @@ def test_reads_of_bytes_that_are_not_the_recorded_file_answer_a_logged_500(serve
     shutil.rmtree(server.disk(ns), ignore_errors=True)
 
 
-def test_newer_bytes_with_no_write_in_flight_answer_500_after_a_bounded_wait(server, ns):
+def test_newer_bytes_with_no_write_in_flight_answer_500(server, ns):
     """Bytes newer than their record belong to a write between publishing and recording while
-    one is in flight; with none (an operator's edit), the read waits a bounded time for a
-    record to explain them, then answers 500."""
+    one is in flight (the path is busy from before it publishes); with none (an operator's
+    edit), the read answers 500 without waiting for a record."""
     path = f"{ns}/edited.bin"
     put(server, path)
     with open(server.disk(path), "ab") as fh:
@@ -164,8 +169,12 @@ def test_the_recorded_file_is_served_again_once_its_bytes_are_put_back(server, n
     disk = server.disk(path)
     stamp = recorded_stamp(server, path)
     os.rename(disk, disk + ".saved")
-    assert server.request("GET", url(path))[0] == 500
+    assert server.request("GET", url(path))[0] == 404  # gone (API.md §9.1), and logged
     os.rename(disk + ".saved", disk)
+    os.truncate(disk, 3)
+    assert server.request("GET", url(path))[0] == 500  # not the recorded size
+    with open(disk, "wb") as fh:
+        fh.write(CONTENT)
     os.utime(disk, ns=(stamp, stamp))
     status, headers, body = server.request("GET", url(path))
     assert (status, body) == (200, CONTENT)
@@ -240,7 +249,8 @@ def test_plain_gets_never_send_bytes_other_than_the_recorded_ones(server, ns, ho
             # Only the recorded content, kept in memory by the hot path, may still be served.
             assert body == content and int(headers["content-length"]) == size
             continue
-        assert_logged_500(server, status, headers, body, headers["x-request-id"], method)
+        assert_logged_500(server, status, headers, body, headers["x-request-id"], method,
+                          missing=how == "deleted")
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -253,4 +263,5 @@ def test_plain_heads_of_damaged_bytes_answer_500(server, ns, how, size):
         if status == 200 and size <= SMALL_FILE:
             assert int(headers["content-length"]) == size
             continue
-        assert_logged_500(server, status, headers, body, headers["x-request-id"], method)
+        assert_logged_500(server, status, headers, body, headers["x-request-id"], method,
+                          missing=how == "deleted")

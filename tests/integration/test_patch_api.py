@@ -413,7 +413,7 @@ def test_a_directory_copy_that_fails_part_way_removes_what_it_created(server, ns
         put(server, f"{ns}/src/{name}", name.encode() * 1000)
     os.unlink(server.disk(f"{ns}/src/c"))  # its bytes lost behind the server's back
     status, body = patch(server, f"{ns}/src", {"destination": f"{ns}/copy", "copy": True})
-    assert status == 500, body  # the metadata records bytes that are not there
+    assert status == 404, body  # the metadata records bytes that are gone (API.md §9.1)
     assert server.request("GET", url(f"{ns}/copy"))[0] == 404
     assert not os.path.exists(server.disk(f"{ns}/copy"))
     clean(server)
