@@ -50,7 +50,7 @@ class CachedStore:
         self.table = table
         self.capacity = capacity
         self.entries: dict[str, CacheEntry] = {}
-        self.backend_name = getattr(store, "backend_name", "")
+        self.backend_name = store.backend_name
 
     def __getattr__(self, name):
         # open, close and anything else that is not a namespace read or write.
