@@ -28,4 +28,5 @@ cdef class HeadState:
     cdef public Py_ssize_t _fields, _head_size, _head_fed
     cdef public bint _in_head, _plain, _answered
     cdef public bint _outside  # the parser is done with this connection (refused, upgraded)
+    cdef public bint _at_start  # the next byte that arrives begins a message
     cdef public double _head_start, _idle_since, _last_read

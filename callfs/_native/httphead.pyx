@@ -53,6 +53,21 @@ cdef int _allow_host_bytes(bytes allowed) except -1:
 _allow_host_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]")
 
 
+cpdef bint request_line_ok(bytes data):
+    """False when `data`, which begins a message (after any empty lines), holds a whole request
+    line that is not `method SP target SP version`: one space each, as RFC 9112 §3 has it (the
+    parser lets runs of spaces pass). True when it does, or when the line is not whole yet."""
+    cdef const char* raw = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data), i = 0, spaces = 0
+    while i < size and (raw[i] == 13 or raw[i] == 10):
+        i += 1
+    while i < size and raw[i] != 10:
+        if raw[i] == 32:
+            spaces += 1
+        i += 1
+    return i == size or spaces == 2
+
+
 cpdef bint valid_host(bytes value):
     """Whether `value` may be a request's Host header (empty is valid: no authority)."""
     cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(value)
@@ -295,6 +310,9 @@ cdef class HeadState:
             return
         # One clock read per arrival: the head's callbacks below stamp their deadlines with it.
         self._last_read = self.loop.time()
+        if self._at_start and not request_line_ok(data):
+            self._parse_failed(400)
+            return
         cdef bint was_in_head = self._in_head
         try:
             self.parser.feed_data(data)
@@ -308,6 +326,7 @@ cdef class HeadState:
                 self._parse_failed(431)
 
     def on_message_begin(self):
+        self._at_start = False
         self._in_head = True
         self._head_start = self._last_read
         self._idle_since = 0.0
@@ -373,6 +392,7 @@ cdef class HeadState:
         self.head_complete()
 
     def on_message_complete(self):
+        self._at_start = True
         if self._answered:
             self._answered = False
             return

@@ -90,6 +90,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         self._dup_fd = -1
         self.gate = flow.ReadGate(self.loop.time)
         self._outside = False   # bytes no longer go to the parser (refused, upgraded)
+        self._at_start = True   # the next byte begins a message: its request line is checked
         self._splicing = None   # the body moving by splice, while it does
         # message being parsed
         self._current: Request | None = None
@@ -347,6 +348,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             self._splicing = None
         self.parser = httptools.HttpRequestParser(self)
         self._current = None
+        self._at_start = True  # the spliced body ended exactly where the next message begins
         body.finish()
         self._resume(flow.SPLICE)
         return moved

@@ -402,3 +402,20 @@ def test_transfer_encoding_in_http_1_0_is_faulty_framing(server, ns):
         assert conn.read_response()[0] == 400
         assert conn.closed_by_peer()
     assert server.request("GET", f"/v1/files{ns}/old")[0] == 404
+
+
+@pytest.mark.parametrize("line", [b"GET  /health HTTP/1.1", b"GET /health  HTTP/1.1",
+                                  b"GET /health HTTP/1.1 "], ids=["before", "after", "trailing"])
+def test_a_request_line_with_extra_spaces_is_400(server, line):
+    with RawConnection(server.port) as conn:
+        conn.send(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.read_response()[0] == 200
+        conn.send(line + b"\r\nHost: a\r\n\r\n")
+        assert conn.read_response()[0] == 400
+        assert conn.closed_by_peer()
+
+
+def test_empty_lines_before_a_request_are_ignored(server):
+    with RawConnection(server.port) as conn:
+        conn.send(b"\r\n\r\nGET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.read_response()[0] == 200

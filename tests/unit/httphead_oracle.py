@@ -14,6 +14,11 @@ VERSIONS = ("1.1", "1.0")
 HOST_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]")
 
 
+def request_line_ok(data: bytes) -> bool:
+    line, newline, _ = data.lstrip(b"\r\n").partition(b"\n")
+    return not newline or line.count(b" ") == 2
+
+
 def valid_host(value: bytes) -> bool:
     return all(byte in HOST_BYTES for byte in value)
 NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
@@ -109,6 +114,9 @@ class HeadState:
             self.received_outside_http(data)
             return
         self._last_read = self.loop.time()
+        if self._at_start and not request_line_ok(data):
+            self._parse_failed(400)
+            return
         was_in_head = self._in_head
         try:
             self.parser.feed_data(data)
@@ -121,6 +129,7 @@ class HeadState:
                 self._parse_failed(431)
 
     def on_message_begin(self):
+        self._at_start = False
         self._in_head = True
         self._head_start = self._last_read
         self._idle_since = 0.0
@@ -172,6 +181,7 @@ class HeadState:
         self.head_complete()
 
     def on_message_complete(self):
+        self._at_start = True
         if self._answered:
             self._answered = False
             return

@@ -75,6 +75,7 @@ def connection(implementation, hot=None):
             self.hot = hot
             self.tls = False
             self._outside = False
+            self._at_start = True
             self._in_head = False
             self._answered = False
             self._head_fed = 0
@@ -209,6 +210,35 @@ def test_a_plain_get_without_a_valid_host_never_takes_the_hot_path(site):
             conn.data_received(b"GET /v1/files/d/small HTTP/1.1\r\n" + host +
                                b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n")
             assert conn.events and conn.events[0][0] == "head", (implementation, host)
+
+
+@examples(500)
+@given(st.binary(max_size=60))
+@example(b"GET  /a HTTP/1.1\r\n")
+@example(b"\r\nGET /a HTTP/1.1\r\n")
+@example(b"GET /a HTTP/1.1 \r\n")
+@example(b"GET /a")
+def test_request_line_ok_is_the_oracles(data):
+    assert native.request_line_ok(data) == oracle.request_line_ok(data)
+
+
+@pytest.mark.parametrize("line", [b"GET  /a HTTP/1.1", b"GET /a  HTTP/1.1", b"GET /a HTTP/1.1 ",
+                                  b" GET /a HTTP/1.1"])
+def test_a_request_line_with_runs_of_spaces_is_refused(line):
+    for implementation in (native, oracle):
+        conn = connection(implementation)
+        conn.data_received(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n")  # then a message begins
+        conn.data_received(line + b"\r\nHost: h\r\n\r\n")
+        assert conn.events[-1] == ("failed", 400), implementation
+
+
+def test_only_a_chunk_that_begins_a_message_has_its_line_checked():
+    """The rest of a head split across arrivals is not a request line."""
+    for implementation in (native, oracle):
+        conn = connection(implementation)
+        conn.data_received(b"\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HT")
+        conn.data_received(b"TP/1.1\r\nX-Note: two  spaces\r\nHost: h\r\n\r\n")
+        assert [event[0] for event in conn.events] == ["head", "complete", "head", "complete"]
 
 
 def test_an_absolute_target_is_parsed_as_its_origin_form():
