@@ -364,16 +364,14 @@ cdef class HeadState:
         if PyBytes_GET_SIZE(self._url) and PyBytes_AS_STRING(self._url)[0] != 47:  # '/'
             self._url = origin_form(self._url)
         if self._plain and self.hot is not None and not self.pipeline:
-            host = self._headers.get(b"host")
-            if host is None or not valid_host(host):
-                self._idle_since = 0.0
-                self.head_complete()  # the general route words the 400
-                return
             parser = self.parser
             method = parser.get_method()
+            host = self._headers.get(b"host")
             # Keep-alive without a Connection header is HTTP/1.1 (llhttp's rule); with one,
-            # the version is asked (HTTP/2.0 and 0.9 parse, and are refused by the general route).
+            # the version is asked (HTTP/2.0 and 0.9 parse, and are refused by the general route,
+            # as is a missing or invalid Host).
             if ((method == b"GET" or method == b"HEAD") and parser.should_keep_alive()
+                    and host is not None and valid_host(host)
                     and (b"connection" not in self._headers
                          or parser.get_http_version() in _VERSIONS)
                     and not self.state.draining):

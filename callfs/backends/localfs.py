@@ -107,13 +107,10 @@ class LocalUpload:
         self.size += await body.transfer_to(self.fd)
 
     async def seal(self) -> None:
-        """The body is whole: make its bytes durable (no lock needed, none held)."""
+        """The body is whole: make its bytes durable (no lock needed, none held). On failure
+        the caller aborts."""
         if self._durable:
-            try:
-                await asyncio.to_thread(os.fsync, self.fd)
-            except BaseException:
-                self.abort()
-                raise
+            await asyncio.to_thread(os.fsync, self.fd)
 
     async def commit(self, mtime_ns: int | None = None, check=None, new: bool = False) -> None:
         """Publish the staged bytes, under the path's lock. With `mtime_ns` the file carries

@@ -85,10 +85,7 @@ class Engine:
         return None
 
     def backend_for(self, inode: Inode):
-        backend = self.backends.get(inode.backend)
-        if backend is None:
-            raise errors.InternalError(f"backend {inode.backend} is not configured")
-        return backend
+        return self._backend_named(inode.backend)
 
     def open_file(self, identity: str, inode: Inode, *, read: bool = True):
         """A read handle (fd + size) for a file: NotFound when nothing is at its name,
@@ -502,11 +499,12 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, started_ns: int = 0
     - set aside by a deletion that never committed (the metadata still holds the file and
       its name is free): put back.
 
-    Each entry is handled under its lock, so a write in progress (which holds it) is skipped,
-    as is one whose lock a dead process still holds (until the lock expires; a later pass
-    finishes it). While serving, only leftovers `min_age` old or older than the server
-    (`started_ns`) are handled: a write in flight holds its lock under the path it was sent
-    to, which a move of a directory above may have changed since.
+    A write still staging holds no lock but its staged file's flock, so the backend never
+    offers it (`leftovers`). Each entry is handled under its lock, so a write publishing
+    (which holds it) is skipped, as is one whose lock a dead process still holds (until the
+    lock expires; a later pass finishes it). While serving, only leftovers `min_age` old or
+    older than the server (`started_ns`) are handled: a write publishing holds its lock under
+    the path it was sent to, which a move of a directory above may have changed since.
     A file of a user's that merely has such a name is an entry of the namespace, and stays.
     """
     handled = await moves.recover_moves(engine, lock_timeout)

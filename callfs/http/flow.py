@@ -25,22 +25,18 @@ def describe(reasons: int) -> str:
 class ReadGate:
     """The reasons reading is paused, and the transport calls that follow from them."""
 
-    __slots__ = ("_transport", "reasons", "paused_at", "_clock")
+    __slots__ = ("_transport", "reasons")
 
-    def __init__(self, clock):
+    def __init__(self):
         self._transport = None
-        self._clock = clock
         self.reasons = 0
-        self.paused_at = 0.0  # loop time when reading last stopped (0 while reading)
 
     def attach(self, transport) -> None:
         self._transport = transport
 
     def pause(self, reason: int) -> None:
-        if not self.reasons:
-            self.paused_at = self._clock()
-            if self._open():
-                self._transport.pause_reading()
+        if not self.reasons and self._open():
+            self._transport.pause_reading()
         self.reasons |= reason
 
     def resume(self, reason: int) -> bool:
@@ -50,13 +46,9 @@ class ReadGate:
         self.reasons &= ~reason
         if self.reasons:
             return False
-        self.paused_at = 0.0
         if self._open():
             self._transport.resume_reading()
         return True
-
-    def holds(self, reason: int) -> bool:
-        return bool(self.reasons & reason)
 
     def _open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()

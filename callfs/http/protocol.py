@@ -48,8 +48,8 @@ SPLICE_MIN = 64 * 1024  # bodies above this wait in the socket for the handler
 STRAY_PAUSE = "connection paused with nothing pending"  # the log event (a lost wake-up)
 VERSIONS = ("1.1", "1.0")  # the request versions served; others are answered 505
 
-# llhttp's words for the messages it refuses that a strict server answers other than 400.
 _TOKEN_REQUEST = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")  # a method token, then SP
+# llhttp's words for the messages it refuses that a strict server answers other than 400.
 _PARSER_STATUS = {"Invalid HTTP version": 505, "Request has invalid `Transfer-Encoding`": 501,
                   "Invalid `Transfer-Encoding` header value": 501}
 
@@ -88,7 +88,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         self.peer = None
         self._sock_fd = -1
         self._dup_fd = -1
-        self.gate = flow.ReadGate(self.loop.time)
+        self.gate = flow.ReadGate()
         self._outside = False   # bytes no longer go to the parser (refused, upgraded)
         self._at_start = True   # the next byte begins a message: its request line is checked
         self._splicing = None   # the body moving by splice, while it does

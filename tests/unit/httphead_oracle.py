@@ -161,13 +161,10 @@ class HeadState:
         if self._url[:1] not in (b"/", b""):
             self._url = origin_form(self._url)
         if self._plain and self.hot is not None and not self.pipeline:
-            host = self._headers.get(b"host")
-            if host is None or not valid_host(host):
-                self._idle_since = 0.0
-                self.head_complete()
-                return
             method = self.parser.get_method()
+            host = self._headers.get(b"host")
             if (method in (b"GET", b"HEAD") and self.parser.should_keep_alive()
+                    and host is not None and valid_host(host)
                     and (b"connection" not in self._headers
                          or self.parser.get_http_version() in VERSIONS)
                     and not self.state.draining):
