@@ -4,6 +4,9 @@ The same end states and the same exceptions as renameat2(2), built from the os m
 exchange is three renames through a temporary name (not atomic: a reader may find one name
 missing for a moment, which is why the native module exists), a no-replace rename is link and
 unlink (or, for a directory, an existence check and a rename: not atomic either).
+Opening beneath a directory is os.open with dir_fd and O_NOFOLLOW, one component at a time
+(what the native walk does, and what openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+does in one call).
 tests/unit/test_fsops.py checks that both leave the same tree and raise the same errors.
 
 Directories are given as descriptors (AT_FDCWD for the working directory), names as str,
@@ -56,3 +59,74 @@ def rename_noreplace(src_dir, src, dst_dir, dst):
         os.rename(src, dst, src_dir_fd=_dir(src_dir), dst_dir_fd=_dir(dst_dir))
     else:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+
+
+# -- opening beneath a directory ---------------------------------------------------------------
+
+def _segments(path):
+    """The components of a canonical relative path ("" → none); ValueError otherwise."""
+    if not isinstance(path, str):
+        raise TypeError(f"path must be str, not {type(path).__name__}")
+    raw = path.encode("utf-8", "surrogateescape")
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    if not raw:
+        return []
+    segments = raw.split(b"/")
+    if any(s in (b"", b".", b"..") for s in segments):
+        raise ValueError(f"not a canonical relative path: {path!r}")
+    return [os.fsdecode(s) for s in segments]
+
+
+def _is_link(name, dir_fd):
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+def _loop(name):
+    return OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+
+
+def open_beneath(dir_fd, path, flags, mode=0o777):
+    """A descriptor of `path` beneath `dir_fd`; a symbolic link anywhere on the way is ELOOP
+    (O_PATH without O_DIRECTORY opens a final link itself)."""
+    segments = _segments(path) or ["."]
+    current = dir_fd
+    try:
+        for name in segments[:-1]:
+            try:
+                child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=current)
+            except NotADirectoryError:
+                if _is_link(name, current):
+                    raise _loop(path) from None
+                raise
+            if current != dir_fd:
+                os.close(current)
+            current = child
+        try:
+            return os.open(segments[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                           dir_fd=current)
+        except NotADirectoryError:
+            if flags & os.O_DIRECTORY and _is_link(segments[-1], current):
+                raise _loop(path) from None
+            raise
+    finally:
+        if current != dir_fd:
+            os.close(current)
+
+
+open_beneath_openat2 = open_beneath_walk = open_beneath
+
+
+def stat_beneath(dir_fd, path):
+    """(st_mode, st_ino, st_dev, st_nlink, st_size, st_mtime_ns), as lstat tells them."""
+    fd = open_beneath(dir_fd, path, os.O_PATH)
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return (info.st_mode, info.st_ino, info.st_dev, info.st_nlink, info.st_size,
+            info.st_mtime_ns)

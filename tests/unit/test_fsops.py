@@ -6,6 +6,7 @@ the other, and compares the trees and the exceptions.
 """
 import errno
 import os
+import stat
 import sys
 import tempfile
 
@@ -282,3 +283,217 @@ def test_wrong_types_not_none():
                 getattr(module, function)("0", "a", oracle.AT_FDCWD, "b")
             with pytest.raises(TypeError):
                 getattr(module, function)(oracle.AT_FDCWD, b"a", oracle.AT_FDCWD, 1.5)
+
+
+# --- opening beneath a directory --------------------------------------------------------------
+
+OPENERS = {"oracle": oracle.open_beneath, "walk": native.open_beneath_walk}
+if native.openat2_available():
+    OPENERS["openat2"] = native.open_beneath_openat2
+SEGMENTS = ["a", "b", "é", "\udcff"]
+FLAGS = [os.O_RDONLY, os.O_RDONLY | os.O_DIRECTORY, os.O_PATH, os.O_PATH | os.O_DIRECTORY,
+         os.O_RDONLY | os.O_NONBLOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+         os.O_WRONLY | os.O_CREAT, os.O_RDWR | os.O_CREAT | os.O_TRUNC]
+# What a name in the tree may be; links point inside, outside (relative and absolute: the
+# absolute target is filled in per copy) and nowhere.
+NODES = st.sampled_from([("file", b"in"), ("dir", None), ("link", "a"), ("link", "../outside"),
+                         ("link", "../outside/secret"), ("link", "@outside"),
+                         ("link", "nowhere"), ("link", "a/b")])
+BENEATH_TREES = st.dictionaries(
+    st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=3).map(tuple), NODES, max_size=8)
+PATHS = st.lists(st.sampled_from(SEGMENTS), max_size=4).map("/".join)
+
+
+def build_beneath(top, tree):
+    """`top`/root holds the tree (entries whose parent is no directory are left out),
+    `top`/outside a directory with a secret the opens must never reach."""
+    root, outside = os.path.join(top, "root"), os.path.join(top, "outside")
+    os.makedirs(root)
+    os.makedirs(outside)
+    with open(os.path.join(outside, "secret"), "wb") as f:
+        f.write(b"secret")
+    for parts, (kind, data) in sorted(tree.items(), key=lambda item: len(item[0])):
+        parent = os.path.join(root, *parts[:-1])
+        if not os.path.isdir(parent) or os.path.islink(parent):
+            continue
+        path = os.path.join(parent, parts[-1])
+        if kind == "file":
+            with open(path, "wb") as f:
+                f.write(data)
+        elif kind == "dir":
+            os.mkdir(path)
+        else:
+            target = outside if data == "@outside" else data
+            os.symlink(target, path)
+    return root
+
+
+def where(top, fd):
+    """What `fd` opened: its type and the name of its inode under `top`."""
+    info = os.fstat(fd)
+    for directory, dirs, files in os.walk(top):
+        for name in dirs + files + ["."]:
+            full = os.path.join(directory, name)
+            here = os.lstat(full)
+            if (here.st_ino, here.st_dev) == (info.st_ino, info.st_dev):
+                return stat.S_IFMT(info.st_mode), os.path.normpath(os.path.relpath(full, top))
+    return stat.S_IFMT(info.st_mode), None
+
+
+def beneath_snapshot(top):
+    """`snapshot`, with absolute link targets told relative to `top` (each copy has its own)."""
+    return {path: (("link", "@" + entry[1][len(top):]) if entry[0] == "link"
+                   and entry[1].startswith(top) else entry)
+            for path, entry in snapshot(top).items()}
+
+
+def open_in_copy(top, opener, tree, path, flags):
+    root = build_beneath(top, tree)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = opener(root_fd, path, flags, 0o640)
+    except OSError as exc:
+        return ("error", type(exc), exc.errno), beneath_snapshot(top)
+    finally:
+        os.close(root_fd)
+    try:
+        return where(top, fd), beneath_snapshot(top)
+    finally:
+        os.close(fd)
+
+
+@examples(300)
+@given(BENEATH_TREES, PATHS, st.sampled_from(FLAGS))
+@example({("a",): ("link", "../outside")}, "a/secret", os.O_RDONLY)
+@example({("a",): ("link", "@outside")}, "a/new", os.O_WRONLY | os.O_CREAT)
+@example({("a",): ("link", "nowhere")}, "a", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+@example({("a",): ("link", "nowhere")}, "a", os.O_WRONLY | os.O_CREAT)
+@example({("a",): ("link", "../outside/secret")}, "a", os.O_PATH)
+@example({("a",): ("link", "b"), ("b",): ("dir", None)}, "a", os.O_RDONLY | os.O_DIRECTORY)
+@example({("a",): ("file", b"in")}, "a/b", os.O_RDONLY)
+@example({}, "", os.O_RDONLY | os.O_DIRECTORY)
+def test_open_beneath_agrees(tree, path, flags):
+    results = {}
+    with tempfile.TemporaryDirectory() as top:
+        for name, opener in OPENERS.items():
+            results[name] = open_in_copy(os.path.join(top, name), opener, tree, path, flags)
+    expected = results.pop("oracle")
+    for name, got in results.items():
+        assert got == expected, (name, path, flags)
+    opened, after = expected
+    assert after["outside/secret"] == ("file", b"secret", 1)
+    assert [p for p in after if p.startswith("outside")] == ["outside", "outside/secret"]
+    if opened[0] != "error":
+        assert opened[1] is not None and not opened[1].startswith("outside"), opened
+
+
+def test_open_beneath_refuses_links_at_every_place(tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_bytes(b"secret")
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"f")
+    os.symlink(tmp_path / "outside", root / "out")
+    os.symlink("../outside/secret", root / "d" / "s")
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for opener in OPENERS.values():
+            for path, flags in (("out/secret", os.O_RDONLY), ("d/s", os.O_RDONLY),
+                                ("out", os.O_RDONLY | os.O_DIRECTORY),
+                                ("out/new", os.O_WRONLY | os.O_CREAT),
+                                ("d/s", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+                with pytest.raises(OSError) as caught:
+                    opener(fd, path, flags, 0o644)
+                assert caught.value.errno == errno.ELOOP, (opener, path)
+            got = opener(fd, "d/f", os.O_RDONLY)
+            assert os.read(got, 10) == b"f"
+            os.close(got)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "outside" / "secret").read_bytes() == b"secret"
+    assert sorted(os.listdir(tmp_path / "outside")) == ["secret"]
+
+
+@pytest.mark.parametrize("path", ["/a", "a/", "a//b", ".", "..", "a/./b", "a/../a", "../x",
+                                  "a\x00b", "\x00"])
+def test_open_beneath_takes_canonical_relative_paths_only(tmp_path, path):
+    (tmp_path / "a").mkdir()
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for opener in list(OPENERS.values()) + [native.open_beneath]:
+            with pytest.raises(ValueError):
+                opener(fd, path, os.O_RDONLY)
+        for module in IMPLEMENTATIONS.values():
+            with pytest.raises(ValueError):
+                module.stat_beneath(fd, path)
+    finally:
+        os.close(fd)
+
+
+def test_open_beneath_wrong_types(tmp_path):
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for opener in list(OPENERS.values()) + [native.open_beneath, native.stat_beneath,
+                                                oracle.stat_beneath]:
+            for args in ((fd, None), (fd, b"a"), ("0", "a")):
+                with pytest.raises(TypeError):
+                    opener(*args, *([os.O_RDONLY] if opener not in (
+                        native.stat_beneath, oracle.stat_beneath) else []))
+    finally:
+        os.close(fd)
+
+
+def test_long_paths_walk_where_one_call_cannot(tmp_path):
+    """A relative path over PATH_MAX (a deep tree): the kernel takes no such string in one
+    call, the walk opens it all the same."""
+    segments = ["d" * 200] * 25
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    current = os.dup(fd)
+    try:
+        for name in segments:
+            os.mkdir(name, dir_fd=current)
+            child = os.open(name, os.O_PATH | os.O_DIRECTORY, dir_fd=current)
+            os.close(current)
+            current = child
+        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=current))
+        path = "/".join(segments + ["f"])
+        assert len(path) > 4096
+        for opener in (native.open_beneath, oracle.open_beneath, native.open_beneath_walk):
+            os.close(opener(fd, path, os.O_RDONLY))
+        assert stat.S_ISREG(native.stat_beneath(fd, path)[0])
+    finally:
+        os.close(current)
+        os.close(fd)
+
+
+@examples(150)
+@given(BENEATH_TREES, PATHS)
+def test_stat_beneath_agrees(tree, path):
+    results = []
+    with tempfile.TemporaryDirectory() as top:
+        for copy, (module, mode) in enumerate(((oracle, True), (native, True), (native, False))):
+            previous = native.use_openat2(mode)
+            root = build_beneath(os.path.join(top, str(copy)), tree)  # names of one length
+            fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+            try:
+                mode_, ino, dev, nlink, size, _ = module.stat_beneath(fd, path)
+            except OSError as exc:
+                results.append((type(exc), exc.errno))
+            else:
+                # Found, so no link on the way: the path string names the same object.
+                same = os.lstat(os.path.join(root, path))
+                assert (same.st_ino, same.st_dev) == (ino, dev)
+                results.append((mode_, nlink, size))
+            finally:
+                os.close(fd)
+                native.use_openat2(previous)
+    assert results[0] == results[1] == results[2], path
+
+
+def test_openat2_choice():
+    previous = native.use_openat2(False)
+    try:
+        assert native.use_openat2(True) is False
+        assert native.use_openat2(previous) is native.openat2_available()
+    finally:
+        native.use_openat2(previous)
