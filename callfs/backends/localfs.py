@@ -3,6 +3,11 @@
 A write goes to `.callfs-tmp-*` in the target directory, is fsynced, then renamed over the
 target (exchanged with it, then the old version unlinked) and the directory fsynced: a reader sees the old or the new file whole, and a crash
 leaves at worst a temporary file that the sweep removes.
+
+Every path is opened beneath one handle of the data root (`open_beneath`: openat2 with
+RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or an O_NOFOLLOW walk), and every other call names an
+entry relative to a directory opened that way: a symbolic link anywhere in the data directory
+is never followed, so nothing outside the root is read or written through one.
 """
 import asyncio
 import errno
@@ -12,7 +17,7 @@ import secrets
 import stat
 import time
 
-from callfs._native.fsops import rename_exchange, rename_noreplace
+from callfs._native.fsops import open_beneath, rename_exchange, rename_noreplace, stat_beneath
 from callfs._native.generations import fnv1a
 from callfs.backends.base import Capability
 from callfs.backends.localcopy import METHODS as COPY_METHODS
@@ -25,7 +30,10 @@ _OLD = "-old"  # suffix of the old version's second name where exchange is unsup
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
 _ATTEMPTS = 3
-_SHORT_PATH = 3800  # bytes-ish: well under PATH_MAX (4096) for an absolute path string
+# open_beneath adds O_NOFOLLOW and O_CLOEXEC to these.
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY
+_READ = os.O_RDONLY | os.O_NONBLOCK  # a FIFO at the name must not block the open
+_MISSING = (errno.ENOENT, errno.ENOTDIR)  # nothing beneath the root at the path
 
 
 def _is_dir(name: str, dir_fd: int) -> bool:
@@ -33,6 +41,15 @@ def _is_dir(name: str, dir_fd: int) -> bool:
         return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except FileNotFoundError:
         return False
+
+
+def _linked(path: str) -> errors.StorageInconsistent:
+    return errors.StorageInconsistent(f"{path}: a symbolic link on disk on the way or at the name")
+
+
+def _not_a_file(name: str, mode: int) -> errors.StorageInconsistent:
+    return errors.StorageInconsistent(
+        f"{name}: not a regular file on disk at the name (mode {stat.filemode(mode)})")
 
 
 class ReadHandle:
@@ -49,10 +66,11 @@ class ReadHandle:
             self.fd = -1
 
 
-def in_use(staged: str) -> bool:
-    """Whether a live writer (of any process) holds the staged file `staged` (its flock)."""
+def in_use(dir_fd: int, staged: str) -> bool:
+    """Whether a live writer (of any process) holds the staged file `staged` of the directory
+    `dir_fd` (its flock)."""
     try:
-        fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_beneath(dir_fd, staged, _READ)
     except OSError:
         return False
     try:
@@ -85,8 +103,9 @@ class LocalUpload:
         self.name = name
         self.tmp = tmp_name(name)
         self._locate = locate  # the parent directory now at the path: (dir_fd, name)
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                          _FILE_MODE, dir_fd=dir_fd)
+        # O_EXCL: a name that exists, a dangling link too, is never created through.
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, _FILE_MODE, dir_fd=dir_fd)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         info = os.fstat(self.fd)
         self._identity = (info.st_ino, info.st_dev)  # tells our bytes at the name from others'
@@ -155,7 +174,9 @@ class LocalUpload:
         """The staged file takes the name, atomically for readers. Over an existing file the
         names are exchanged (the old version stays under the temporary name until `finish`):
         this also spares ext4 the writeback that rename(2) starts when it replaces a file
-        (see _native/fsops). A new name is a hard link, so the temporary name remains too."""
+        (see _native/fsops). A new name is a hard link, so the temporary name remains too.
+        Only a regular file is replaced: a link or anything else at the name is put back and
+        the write refused (bytes that are not the file's; never followed)."""
         dir_fd = self.dir_fd
 
         def directory_there() -> errors.CallFSError:
@@ -175,7 +196,8 @@ class LocalUpload:
                 raise
             # No exchange on this filesystem: keep a copy of the old version as the intent.
             try:
-                os.link(self.name, self.tmp + _OLD, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                os.link(self.name, self.tmp + _OLD, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)
             except FileNotFoundError:
                 pass
             except (IsADirectoryError, PermissionError):  # link(2) of a directory: EPERM
@@ -183,6 +205,10 @@ class LocalUpload:
                     raise
                 raise directory_there() from None
             else:
+                mode = os.stat(self.tmp + _OLD, dir_fd=dir_fd, follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode):
+                    os.unlink(self.tmp + _OLD, dir_fd=dir_fd)
+                    raise _not_a_file(self.name, mode)
                 try:
                     os.rename(self.tmp, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 except IsADirectoryError:
@@ -193,10 +219,13 @@ class LocalUpload:
                 return
         else:
             self._published = "exchange"
-            if not stat.S_ISDIR(os.stat(self.tmp, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            mode = os.stat(self.tmp, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            if stat.S_ISREG(mode):
                 return
-            rename_exchange(dir_fd, self.tmp, dir_fd, self.name)  # the directory back
+            rename_exchange(dir_fd, self.tmp, dir_fd, self.name)  # what was there, back
             self._published = None
+            if not stat.S_ISDIR(mode):
+                raise _not_a_file(self.name, mode)
             if not self._drop_orphan_directory():
                 raise directory_there()
         try:
@@ -297,8 +326,8 @@ class LocalRemoval:
         self.published = True
         try:
             dir_fd, name = self.backend.parent_dir(self.path, False)
-        except errors.NotFound:
-            return  # no bytes at the path
+        except (errors.NotFound, errors.StorageInconsistent):
+            return  # no bytes beneath the root at the path (a link on the way is not followed)
         if _is_dir(name, dir_fd):  # not a file's bytes: not ours to take
             os.close(dir_fd)
             return
@@ -353,72 +382,88 @@ class LocalFSBackend:
     def __init__(self, root: str, *, durable: bool = True):
         self.root = os.path.abspath(root) if root else ""
         self.durable = durable
+        self._root_fd = -1
 
     async def open(self) -> None:
         if self.root:
             os.makedirs(self.root, mode=_DIR_MODE, exist_ok=True)
+            self.root_fd()
+
+    def root_fd(self) -> int:
+        """The handle (O_PATH) of the data root every path is opened beneath; opened once per
+        process, at the first use (a worker's backend is never `open`ed)."""
+        fd = self._root_fd
+        if fd < 0:
+            if not self.root:
+                raise errors.InternalError(
+                    "the local backend is disabled (backend.localfs_root_path)")
+            fd = self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return fd
 
     def disk_path(self, path: str) -> str:
+        """Where `path` lies on disk, for people reading it; the backend opens nothing by it."""
         if not self.root:
             raise errors.InternalError("the local backend is disabled (backend.localfs_root_path)")
         return self.root + path if path != "/" else self.root
 
-    def parent_dir(self, path: str, create: bool) -> tuple[int, str]:
-        """A descriptor of the parent directory of `path` and the entry's name in it.
+    def _open_parent(self, path: str) -> tuple[int, str]:
+        """The parent directory of `path` opened beneath the root, and the entry's name;
+        OSError as the kernel tells it (ELOOP for a link on the way)."""
+        parent, name = path.rsplit("/", 1)
+        return open_beneath(self.root_fd(), parent[1:], _DIRECTORY), name
 
-        Short paths open the parent directly; paths near PATH_MAX (root prefix + up to 4096
-        bytes) walk one segment at a time, since the kernel refuses longer path strings."""
-        parent_path, name = path.rsplit("/", 1)
-        absolute = self.disk_path(parent_path or "/")
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    def parent_dir(self, path: str, create: bool) -> tuple[int, str]:
+        """A descriptor of the parent directory of `path` and the entry's name in it. With
+        `create`, missing directories are made on the way, each relative to the one before
+        and never through a link. NotFound when a directory on the way is missing (or a
+        file); StorageInconsistent for a link on the way; NotADirectory when creating below a
+        file."""
         try:
-            if len(absolute) < _SHORT_PATH:
-                if not create:
-                    return os.open(absolute, flags), name
+            return self._open_parent(path)
+        except OSError as exc:
+            if not (create and exc.errno == errno.ENOENT):
+                raise _resolution_error(exc, path, create) from None
+        parent, name = path.rsplit("/", 1)
+        return self._make_directories(parent), name
+
+    def _make_directories(self, path: str) -> int:
+        """Open the directory `path`, making what is missing of it, one segment at a time."""
+        current = self.root_fd()
+        try:
+            for segment in path[1:].split("/"):
                 for _ in range(_ATTEMPTS):
                     try:
-                        self._ensure_dir(absolute)
-                        return os.open(absolute, flags), name
+                        os.mkdir(segment, _DIR_MODE, dir_fd=current)
+                    except FileExistsError:
+                        pass  # a directory (or a link, or a file: the open tells)
+                    try:
+                        child = open_beneath(current, segment, _DIRECTORY)
+                        break
                     except FileNotFoundError:
-                        continue  # a directory on the way was just moved away: make it again
-                raise errors.ParentMoved()
-            fd = os.open(self.root, flags)
-            try:
-                for segment in parent_path.strip("/").split("/"):
-                    if create:
-                        try:
-                            os.mkdir(segment, _DIR_MODE, dir_fd=fd)
-                        except FileExistsError:
-                            pass
-                    child = os.open(segment, flags, dir_fd=fd)
-                    os.close(fd)
-                    fd = child
-            except BaseException:
-                os.close(fd)
-                raise
-            return fd, name
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            if create and isinstance(exc, NotADirectoryError):
-                raise errors.NotADirectory("a parent of the path is a file") from None
-            raise errors.NotFound() from None
+                        continue  # just moved away or removed: make it again
+                else:
+                    raise errors.ParentMoved()
+                if current != self._root_fd:
+                    os.close(current)
+                current = child
+        except OSError as exc:
+            if current != self._root_fd:
+                os.close(current)
+            raise _resolution_error(exc, path, True) from None
+        except BaseException:
+            if current != self._root_fd:
+                os.close(current)
+            raise
+        return current
 
     def open_read(self, path: str) -> ReadHandle:
-        """The regular file at `path`, opened. NotFound when nothing is there; a directory or
-        any other kind of file there is StorageInconsistent (the metadata knows files only as
-        regular files). O_NONBLOCK keeps a FIFO at the name from blocking the open."""
-        target = self.disk_path(path)
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+        """The regular file at `path`, opened. NotFound when nothing is there; a directory, a
+        link or any other kind of file there (or a link on the way) is StorageInconsistent
+        (the metadata knows files only as regular files)."""
         try:
-            if len(target) < _SHORT_PATH:
-                fd = os.open(target, flags)
-            else:
-                dir_fd, name = self.parent_dir(path, False)
-                try:
-                    fd = os.open(name, flags, dir_fd=dir_fd)
-                finally:
-                    os.close(dir_fd)
-        except (FileNotFoundError, NotADirectoryError):
-            raise errors.NotFound() from None
+            fd = open_beneath(self.root_fd(), path[1:], _READ)
+        except OSError as exc:
+            raise _resolution_error(exc, path, False) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -451,12 +496,6 @@ class LocalFSBackend:
             os.close(dir_fd)
             raise
 
-    def _ensure_dir(self, directory: str) -> None:
-        try:
-            os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise errors.NotADirectory("a parent of the path is a file") from None
-
     def make_directory(self, path: str) -> None:
         dir_fd, name = self.parent_dir(path, True)
         try:
@@ -487,11 +526,14 @@ class LocalFSBackend:
         return True
 
     def remove(self, path: str, is_dir: bool) -> bool:
-        """Remove an entry's bytes; False when there were none at `path`."""
+        """Remove an entry's bytes; False when there were none at `path`. OSError when what
+        is there cannot go (a link where a directory was, a link on the way: not followed)."""
         try:
-            dir_fd, name = self.parent_dir(path, False)
-        except errors.NotFound:
-            return False
+            dir_fd, name = self._open_parent(path)
+        except OSError as exc:
+            if exc.errno in _MISSING:
+                return False
+            raise
         try:
             if is_dir:
                 os.rmdir(name, dir_fd=dir_fd)
@@ -515,41 +557,75 @@ class LocalFSBackend:
         writer holds under the path it writes — not the one found here when a directory above
         moved meanwhile. Each comes
         with the entry it belongs to when that can be told from the names on disk, and with
-        its directory and the hash of the entry's name."""
+        its directory and the hash of the entry's name. The walk opens each directory
+        beneath the one before and never descends through a link."""
         found = []
-        if not self.root or not os.path.isdir(self.root):
+        if not self.root:
             return found
+        try:
+            top = open_beneath(self.root_fd(), "", _DIRECTORY)
+        except OSError:
+            return found  # no root (yet)
         cutoff = max(time.time_ns() - int(min_age * 1e9), started_ns)
-        for directory, dirs, files in os.walk(self.root):
-            staged = [name for name in files if name.startswith(TMP_PREFIX)]
-            if not staged:
-                continue
-            by_hash = {}
-            for name in files + dirs:
-                if not name.startswith(TMP_PREFIX):
-                    by_hash.setdefault(f"{fnv1a(name):016x}", name)
-            base = os.path.relpath(directory, self.root).replace(os.sep, "/")
-            base = "" if base == "." else "/" + base
-            for name in staged:
+        stack = [("", top, self._scan(top, "", cutoff, found))]
+        try:
+            while stack:
+                base, dir_fd, pending = stack[-1]
+                if not pending:
+                    os.close(dir_fd)
+                    stack.pop()
+                    continue
+                name = pending.pop()
                 try:
-                    info = os.lstat(os.path.join(directory, name))
-                except FileNotFoundError:
-                    continue
-                parts = name[len(TMP_PREFIX):].split("-")
-                target = by_hash.get(parts[1]) if len(parts) >= 2 else None
-                same = False
-                if target is not None:
-                    try:
-                        other = os.lstat(os.path.join(directory, target))
-                        same = (other.st_ino, other.st_dev) == (info.st_ino, info.st_dev)
-                    except FileNotFoundError:
-                        target = None
-                if info.st_ctime_ns > cutoff or in_use(os.path.join(directory, name)):
-                    continue
-                found.append(Leftover(f"{base}/{name}",
-                                      None if target is None else f"{base}/{target}", same,
-                                      base or "/", parts[1] if len(parts) >= 2 else ""))
+                    child = open_beneath(dir_fd, name, _DIRECTORY)
+                except OSError:
+                    continue  # gone, or no longer a directory
+                stack.append((f"{base}/{name}", child,
+                              self._scan(child, f"{base}/{name}", cutoff, found)))
+        finally:
+            for _, dir_fd, _ in stack:
+                os.close(dir_fd)
         return found
+
+    @staticmethod
+    def _scan(dir_fd: int, base: str, cutoff: int, found: list) -> list[str]:
+        """Add the leftovers of one directory to `found`; its subdirectories' names (links
+        are not subdirectories)."""
+        try:
+            with os.scandir(dir_fd) as listing:
+                entries = [(entry.name, entry.is_dir(follow_symlinks=False))
+                           for entry in listing]
+        except OSError:
+            return []
+        subdirs = [name for name, is_dir in entries if is_dir]
+        files = [name for name, is_dir in entries if not is_dir]
+        staged = [name for name in files if name.startswith(TMP_PREFIX)]
+        if not staged:
+            return subdirs
+        by_hash = {}
+        for name in files + subdirs:
+            if not name.startswith(TMP_PREFIX):
+                by_hash.setdefault(f"{fnv1a(name):016x}", name)
+        for name in staged:
+            try:
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            parts = name[len(TMP_PREFIX):].split("-")
+            target = by_hash.get(parts[1]) if len(parts) >= 2 else None
+            same = False
+            if target is not None:
+                try:
+                    other = os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
+                    same = (other.st_ino, other.st_dev) == (info.st_ino, info.st_dev)
+                except FileNotFoundError:
+                    target = None
+            if info.st_ctime_ns > cutoff or in_use(dir_fd, name):
+                continue
+            found.append(Leftover(f"{base}/{name}",
+                                  None if target is None else f"{base}/{target}", same,
+                                  base or "/", parts[1] if len(parts) >= 2 else ""))
+        return subdirs
 
     def copy_source(self, handle: ReadHandle, methods=COPY_METHODS) -> CopySource:
         """The bytes of an open file as a body that fills a staged file inside the kernel."""
@@ -570,19 +646,55 @@ class LocalFSBackend:
         recover_move(self, record, committed)
         drop_intent(self, name)
 
+    def lstat(self, path: str) -> tuple[int, int, int, int, int, int] | None:
+        """(st_mode, st_ino, st_dev, st_nlink, st_size, st_mtime_ns) of what is at `path`,
+        a link described, not followed; None when nothing is there beneath the root (a link
+        on the way included)."""
+        try:
+            return stat_beneath(self.root_fd(), path[1:])
+        except OSError as exc:
+            if exc.errno in _MISSING or exc.errno == errno.ELOOP:
+                return None
+            raise
+
     def disk_version(self, path: str) -> tuple[int, int] | None:
         """(size, mtime_ns) of the regular file at `path`, or None."""
         try:
-            info = os.lstat(self.disk_path(path))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
+            mode, _, _, _, size, mtime_ns = stat_beneath(self.root_fd(), path[1:])
+        except OSError as exc:
+            if exc.errno in _MISSING or exc.errno == errno.ELOOP:
+                return None
+            raise
+        return (size, mtime_ns) if stat.S_ISREG(mode) else None
 
     def remove_temporary(self, path: str) -> None:
         try:
-            os.unlink(self.disk_path(path))
+            dir_fd, name = self._open_parent(path)
+        except OSError as exc:
+            if exc.errno in _MISSING:
+                return
+            raise
+        try:
+            if not name.startswith(TMP_PREFIX):
+                raise ValueError(f"not a staged file: {name!r}")
+            os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
+        finally:
+            os.close(dir_fd)
+
+
+def _resolution_error(exc: OSError, path: str, create: bool) -> Exception:
+    """What an open beneath the root that failed means for `path`."""
+    if exc.errno == errno.ENOENT:
+        return errors.NotFound()
+    if exc.errno == errno.ENOTDIR:
+        if create:
+            return errors.NotADirectory("a parent of the path is a file")
+        return errors.NotFound()
+    if exc.errno == errno.ELOOP:
+        return _linked(path)
+    return exc
 
 
 class Leftover:

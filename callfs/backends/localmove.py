@@ -6,6 +6,9 @@ The engine moves bytes first, then commits the metadata, then finishes; the stor
 `.callfs-move-<random>` in the backend's root says what is being moved where. Recovery reads
 it after a crash and, from the metadata (committed or not), puts the bytes back or finishes:
 an entry ends wholly at its old place or wholly at its new one.
+
+Every name is resolved beneath the backend's root handle and renamed relative to directories
+opened that way: a link is moved as a name at most, never followed.
 """
 import errno
 import os
@@ -14,7 +17,7 @@ import stat
 
 import orjson
 
-from callfs._native.fsops import rename_exchange, rename_noreplace
+from callfs._native.fsops import open_beneath, rename_exchange, rename_noreplace, stat_beneath
 from callfs.domain import errors
 
 INTENT_PREFIX = ".callfs-move-"
@@ -32,13 +35,22 @@ class LocalMove:
         self.replace = replace
         self.published = False
         try:
-            info = os.lstat(backend.disk_path(src))
-        except (FileNotFoundError, NotADirectoryError):
-            raise errors.NotFound() from None
-        self.identity = (info.st_ino, info.st_dev)
+            mode, ino, dev, _, _, _ = stat_beneath(backend.root_fd(), src[1:])
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise errors.NotFound() from None
+            if exc.errno != errno.ELOOP:
+                raise
+            mode, ino, dev = stat.S_IFLNK, 0, 0  # a link on the way
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            # A link (or a device, a FIFO) where the metadata knows a file or a directory:
+            # not the entry's bytes, and never moved as if they were.
+            raise errors.StorageInconsistent(
+                f"{src}: not a file or directory on disk (mode {stat.filemode(mode)})")
+        self.identity = (ino, dev)
         self.intent = write_intent(backend, {
             "src": src, "dst": dst, "id": entry_id, "replace": replace,
-            "ino": info.st_ino, "dev": info.st_dev})
+            "ino": ino, "dev": dev})
 
     def publish(self) -> None:
         """Give the bytes their new name (idempotent: the store may run its transaction again)."""
@@ -102,11 +114,8 @@ def _put_back(backend, src: str, dst: str, replace: bool, identity) -> None:
 
 
 def _holds(backend, path: str, identity) -> bool:
-    try:
-        info = os.lstat(backend.disk_path(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return (info.st_ino, info.st_dev) == identity
+    info = backend.lstat(path)
+    return info is not None and (info[1], info[2]) == identity
 
 
 def _rename_into_free_name(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
@@ -130,23 +139,25 @@ def _rename_into_free_name(src_dir: int, src: str, dst_dir: int, dst: str) -> No
 
 def _remove_replaced(backend, path: str, moved_identity) -> None:
     """Remove the replaced entry now at `path`, unless it is the moved one itself."""
-    target = backend.disk_path(path)
     try:
-        info = os.lstat(target)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    if (info.st_ino, info.st_dev) == moved_identity:
+        dir_fd, name = backend.parent_dir(path, False)
+    except (errors.NotFound, errors.StorageInconsistent):
         return
     try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (info.st_ino, info.st_dev) == moved_identity:
+            return
         if stat.S_ISDIR(info.st_mode):
-            os.rmdir(target)
+            os.rmdir(name, dir_fd=dir_fd)
         else:
-            os.unlink(target)
+            os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
     except OSError as exc:
         if exc.errno != errno.ENOTEMPTY:
             raise
+    finally:
+        os.close(dir_fd)
 
 
 # -- intent records ---------------------------------------------------------------------------
@@ -154,10 +165,9 @@ def _remove_replaced(backend, path: str, moved_identity) -> None:
 def write_intent(backend, record: dict) -> str:
     """Write the intent durably (before any byte moves); returns its file name."""
     name = f"{INTENT_PREFIX}{secrets.token_hex(8)}"
-    root_fd = os.open(backend.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    root_fd = open_beneath(backend.root_fd(), "", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                     dir_fd=root_fd)
+        fd = open_beneath(root_fd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, orjson.dumps(record))
             if backend.durable:
@@ -175,7 +185,7 @@ def drop_intent(backend, name: str | None) -> None:
     if name is None:
         return
     try:
-        os.unlink(os.path.join(backend.root, name))
+        os.unlink(name, dir_fd=backend.root_fd())
     except FileNotFoundError:
         pass
 
@@ -185,18 +195,32 @@ def read_intents(backend) -> list[tuple[str, dict | None]]:
     unreadable (a crash while the intent itself was written, before any byte moved). The
     caller tells them from files of the namespace that merely have such a name."""
     found = []
-    if not backend.root or not os.path.isdir(backend.root):
+    if not backend.root:
         return found
-    for name in os.listdir(backend.root):
-        if not name.startswith(INTENT_PREFIX):
-            continue
-        try:
-            with open(os.path.join(backend.root, name), "rb") as fh:
-                record = orjson.loads(fh.read(64 * 1024))
-        except (OSError, orjson.JSONDecodeError):
-            record = None
-        if os.path.isfile(os.path.join(backend.root, name)):
+    try:
+        root_fd = open_beneath(backend.root_fd(), "", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return found  # no root (yet)
+    try:
+        for name in os.listdir(root_fd):
+            if not name.startswith(INTENT_PREFIX):
+                continue
+            try:
+                fd = open_beneath(root_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue  # gone, or a link: no intent of ours
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                try:
+                    record = orjson.loads(os.read(fd, 64 * 1024))
+                except (OSError, orjson.JSONDecodeError):
+                    record = None
+            finally:
+                os.close(fd)
             found.append((name, record))
+    finally:
+        os.close(root_fd)
     return found
 
 
