@@ -2,7 +2,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE = ["pathnorm", "stream", "generations", "fsops", "readview", "httphead"]
+NATIVE = ["pathnorm", "stream", "generations", "fsops", "readview", "httphead", "perm"]
 
 extensions = [
     Extension(

@@ -32,6 +32,7 @@ from callfs.api.transfer import TransferAPI
 from callfs.backends.localfs import LocalFSBackend
 from callfs.domain import errors
 from callfs.core.engine import Engine, recover
+from callfs.core.permissions import Accounts, Rules
 from callfs.http.auth import Authenticator
 from callfs.http.hotpath import hot_path
 from callfs.http.protocol import HttpProtocol
@@ -216,7 +217,13 @@ def _build_engine(cfg, store, locks) -> Engine:
         file_mode=cfg.auth.default_file_mode,
         dir_mode=cfg.auth.default_dir_mode,
         peers=(cfg.instance_discovery.peer_endpoints or {}).keys(),
+        rules=Rules(cfg.auth.permission_model, accounts_of(cfg)),
     )
+
+
+def accounts_of(cfg) -> Accounts:
+    """The users and groups of the configuration (CONFIG.md §5.2)."""
+    return Accounts(config.configured_users(cfg.auth), cfg.auth.groups)
 
 
 async def _prepare(cfg, lock_fd: int) -> int:
@@ -271,7 +278,8 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     locks = _build_locks(cfg, lock_fd)
     await _open_locks(locks, cfg)
     engine = _build_engine(cfg, store, locks)
-    auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret)
+    auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret,
+                         engine.rules.accounts)
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
     router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine),
                     system=SystemAPI(TransferAPI(engine)))

@@ -8,7 +8,10 @@ file's current version, or None to take the general route (not cached, or not ex
 not a file, owned by another instance, not readable by the principal, or its bytes on disk are
 not the version recorded). The view is built by the engine (callfs.core.engine.Engine.
 read_view) over the metadata cache, whose freshness rule it uses (GenerationTable.unchanged),
-with the permission rule of callfs.core.permissions.
+with the permission rule of callfs._native.perm: under the Unix model the principal must
+search every ancestor and read the file, each ancestor as the cache knows it exactly now (an
+ancestor not cached, or changed, sends the request the general route, which caches it); under
+the owner model every principal may read every file.
 
 Per content version, `on_disk(inode, limit)` says whether the bytes at the path are that
 version, with their content when there are at most `limit` of them (`keep_limit`); then
@@ -20,6 +23,11 @@ since it promises bytes that only the disk holds.
 The plain-Python specification is tests/unit/readview_oracle.py.
 """
 from callfs._native.generations cimport GenerationTable
+from callfs._native.pathnorm cimport ancestors
+from callfs._native.perm cimport Principal, allows
+
+cdef int _READ = 4
+cdef int _SEARCH = 1
 
 cdef str _FILE = "file"  # Inode.type of a file (callfs.domain.model.FILE)
 
@@ -30,21 +38,24 @@ cdef class Kept:
     cdef readonly object value
     cdef readonly Py_ssize_t cost
     cdef readonly bint recheck  # made without the content: the disk is asked each time
+    cdef readonly tuple chain   # the path's strict ancestors, root first
 
-    def __cinit__(self, long long stamp, object value, Py_ssize_t cost, bint recheck):
+    def __cinit__(self, long long stamp, object value, Py_ssize_t cost, bint recheck,
+                  tuple chain):
         self.stamp = stamp
         self.value = value
         self.cost = cost
         self.recheck = recheck
+        self.chain = chain
 
 
 cdef class ReadView:
-    def __init__(self, *, dict entries not None, GenerationTable table not None, may_read,
+    def __init__(self, *, dict entries not None, GenerationTable table not None, bint unix,
                  on_disk, prepare, str instance_id not None, Py_ssize_t keep_limit,
                  Py_ssize_t budget):
         self.entries = entries
         self.table = table
-        self.may_read = may_read
+        self.unix_model = unix
         self.on_disk = on_disk
         self.prepare = prepare
         self.instance_id = instance_id
@@ -53,7 +64,7 @@ cdef class ReadView:
         self.budget = budget
         self.kept_bytes = 0
 
-    cpdef object ready(self, object principal, str path):
+    cpdef object ready(self, Principal principal, str path):
         """The prepared answer for the file at `path` as `principal` may read it now, or None."""
         entry = self.entries.get(path)
         if entry is None:
@@ -67,14 +78,29 @@ cdef class ReadView:
         owner = inode.instance_id
         if owner is not None and owner != self.instance_id:
             return None
-        if not self.may_read(principal, inode):
-            return None
         kept = self.kept.get(path)
+        if self.unix_model and not principal.admin:
+            if not allows(principal, inode, _READ):
+                return None
+            if not self._searchable(principal, (<Kept>kept).chain if kept is not None
+                                    else ancestors(path)):
+                return None
         if kept is not None and (<Kept>kept).stamp == stamp:
             if (<Kept>kept).recheck and not self.on_disk(inode, -1)[0]:
                 return None
             return (<Kept>kept).value
         return self._prepare(path, inode, stamp)
+
+    cdef bint _searchable(self, Principal principal, object chain):
+        """Every ancestor cached exactly, a directory the principal may search."""
+        cdef dict entries = self.entries
+        for parent in chain:
+            entry = entries.get(parent)
+            if entry is None or not self.table.unchanged(parent, entry.stamp):
+                return False
+            if not allows(principal, entry.inode, _SEARCH) or entry.inode.type == _FILE:
+                return False
+        return True
 
     cdef object _prepare(self, str path, object inode, long long stamp):
         self._forget(path)
@@ -87,7 +113,7 @@ cdef class ReadView:
             return value
         while self.kept and self.kept_bytes + size > self.budget:
             self._forget(next(iter(self.kept)))
-        self.kept[path] = Kept(stamp, value, size, content is None)
+        self.kept[path] = Kept(stamp, value, size, content is None, tuple(ancestors(path)))
         self.kept_bytes += size
         return value
 

@@ -31,15 +31,15 @@ class DirectoriesAPI:
         params = request.query_params()
         recursive = params.get("recursive") == "true"
         depth = parse_depth(params.get("max_depth"))
-        inode = await self.engine.stat(request.identity, path)
+        inode = await self.engine.stat(request.principal, path)
         if inode.type != DIRECTORY:
             exc = errors.NotADirectory("path is a file")
             exc.status = 400
             raise exc
         if recursive:
-            items = await self.engine.list_recursive(request.identity, inode, depth)
+            items = await self.engine.list_recursive(request.principal, inode, depth)
         else:
-            items = await self.engine.list_directory(request.identity, inode)
+            items = await self.engine.list_directory(request.principal, inode)
         body = {"path": inode.path, "type": "directory", "recursive": recursive}
         if recursive and depth != 0:
             body["max_depth"] = depth

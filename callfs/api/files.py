@@ -6,6 +6,7 @@ from callfs.api.shapes import cache_headers, file_info, metadata_headers, valida
 from callfs.domain import errors
 from callfs.api.moves import read_move_request
 from callfs.core.engine import Check, CrossServerConflict
+from callfs.core.permissions import parse_mode
 from callfs.domain.model import DIRECTORY, FILE, Inode
 from callfs.http.conditional import (UNSATISFIABLE, Preconditions, if_range_matches, parse_range,
                                      select_range)
@@ -26,6 +27,24 @@ def write_check(request) -> Check | None:
     return check
 
 
+def creation_attributes(request) -> tuple[int | None, str | None]:
+    """What a creating request asks for (API.md §7): `X-CallFS-Mode` (octal, at most 07777;
+    400 otherwise) and `X-CallFS-Group`."""
+    mode = request.headers.get(b"x-callfs-mode")
+    group = request.headers.get(b"x-callfs-group")
+    if mode is not None:
+        try:
+            mode = parse_mode(mode.decode("ascii"))
+        except UnicodeDecodeError:
+            raise errors.BadRequest("invalid mode") from None
+    if group is not None:
+        try:
+            group = group.decode("utf-8").strip() or None
+        except UnicodeDecodeError:
+            raise errors.BadRequest("invalid group") from None
+    return mode, group
+
+
 def _range_not_satisfiable(size: int) -> Response:
     exc = errors.RangeNotSatisfiable()
     body = orjson.dumps({"code": exc.code, "message": exc.message})
@@ -39,16 +58,16 @@ class FilesAPI:
 
     async def get(self, request, path: str, trailing: bool) -> Response:
         engine = self.engine
-        inode = await engine.stat(request.identity, path)
+        inode = await engine.stat(request.principal, path)
         conditions = Preconditions.from_headers(request.headers)
         if inode.type == DIRECTORY:
             if conditions and not conditions.check_read(validators(inode)):
                 return Response(304, metadata_headers(inode))
-            children = await engine.list_directory(request.identity, inode)
+            children = await engine.list_directory(request.principal, inode)
             body = orjson.dumps([file_info(child) for child in children])
             return Response(200, JSON + metadata_headers(inode), body)
         # Opened first, so that a caller who may not read gets 403, never 304 or 412.
-        inode, handle = await engine.open_current(request.identity, inode)
+        inode, handle = await engine.open_current(request.principal, inode)
         try:
             return self._file_response(request, inode, handle, conditions)
         except BaseException:
@@ -83,9 +102,9 @@ class FilesAPI:
     async def head(self, request, path: str, trailing: bool) -> Response:
         """Like GET without a body; Range is ignored (RFC 9110 §14.2). A file's bytes are
         checked as GET opens them, so a 200 here means a GET could be honoured."""
-        inode = await self.engine.stat(request.identity, path)
+        inode = await self.engine.stat(request.principal, path)
         if inode.type != DIRECTORY:
-            inode, _ = await self.engine.open_current(request.identity, inode, read=False)
+            inode, _ = await self.engine.open_current(request.principal, inode, read=False)
         conditions = Preconditions.from_headers(request.headers)
         headers = metadata_headers(inode, instance=True)
         if inode.type != DIRECTORY:
@@ -97,12 +116,14 @@ class FilesAPI:
         return Response(200, OCTETS + headers, length=inode.size)
 
     async def post(self, request, path: str, trailing: bool) -> Response:
+        mode, group = creation_attributes(request)
         try:
             if trailing:
-                created = await self.engine.create_directory(request.identity, path)
+                created = await self.engine.create_directory(request.principal, path, mode,
+                                                             group)
                 return Response(201 if created else 200)
-            await self.engine.create_file(request.identity, path, request.body,
-                                          write_check(request))
+            await self.engine.create_file(request.principal, path, request.body,
+                                          write_check(request), mode, group)
             return Response(201)
         except CrossServerConflict as exc:
             return json_response(409, self._conflict_body(exc))
@@ -110,22 +131,26 @@ class FilesAPI:
     async def put(self, request, path: str, trailing: bool) -> Response:
         if trailing or path == "/":
             raise errors.IsADirectory("cannot PUT a directory path")
-        created = await self.engine.put_file(request.identity, path, request.body,
-                                             write_check(request))
+        mode, group = creation_attributes(request)
+        created = await self.engine.put_file(request.principal, path, request.body,
+                                             write_check(request), mode, group)
         return Response(201 if created else 200)
 
     async def delete(self, request, path: str, trailing: bool) -> Response:
-        await self.engine.delete(request.identity, path, write_check(request))
+        await self.engine.delete(request.principal, path, write_check(request))
         return Response(204)
 
     async def patch(self, request, path: str, trailing: bool) -> Response:
         """Rename, move (API.md §9.6) or copy (its CallFS addition)."""
-        move = await read_move_request(request, path)
+        move, attributes = await read_move_request(request, path)
         check = write_check(request)
+        if move is None:
+            inode = await self.engine.set_attributes(request.principal, path, attributes, check)
+            return json_response(200, file_info(inode))
         if move.copy:
-            created = await self.engine.copy(request.identity, path, move, check)
+            created = await self.engine.copy(request.principal, path, move, check)
             return json_response(201 if created else 200, {"path": move.destination})
-        await self.engine.move(request.identity, path, move, check)
+        await self.engine.move(request.principal, path, move, check)
         return json_response(200, {"path": move.destination})
 
     def _conflict_body(self, exc: CrossServerConflict) -> dict:

@@ -3,19 +3,26 @@ engine looks at the namespace."""
 import orjson
 
 from callfs._native.pathnorm import PathError, normalize_path, split_parent
-from callfs.domain import errors
 from callfs.core.moves import MoveRequest
+from callfs.core.permissions import parse_mode
+from callfs.domain import errors
+from callfs.domain.model import Attributes
 
 MAX_BODY = 1024 * 1024
 _INVALID_JSON = "invalid JSON body"
 
 
-async def read_move_request(request, source: str) -> MoveRequest:
+async def read_move_request(request, source: str) -> tuple[MoveRequest | None, Attributes]:
+    """The move or copy a PATCH body asks for (None when it changes attributes only), and
+    the attributes it changes (chmod, chgrp, chown)."""
     fields = await _json_object(request.body)
     name, destination = fields.get("name"), fields.get("destination")
     for value in (name, destination):
         if value is not None and not isinstance(value, str):
             raise errors.BadRequest(_INVALID_JSON)
+    attributes = _attributes(fields)
+    if attributes and not name and not destination:
+        return None, attributes
     if bool(name) == bool(destination):
         raise errors.BadRequest('exactly one of "name" or "destination" must be provided')
     if name:
@@ -41,8 +48,25 @@ async def read_move_request(request, source: str) -> MoveRequest:
         backend=_text(fields, "backend"),
         instance=_text(fields, "instance"),
         copy=_flag(fields, "copy"),
+        attributes=attributes,
     )
-    return move
+    return move, attributes
+
+
+def _attributes(fields: dict) -> Attributes:
+    """`mode` (octal digits, at most 07777), `group` and `owner` (API.md §9.6)."""
+    mode = fields.get("mode")
+    if mode is not None:
+        if not isinstance(mode, str):
+            raise errors.BadRequest("invalid mode")
+        mode = parse_mode(mode)
+    names = []
+    for key in ("group", "owner"):
+        value = fields.get(key)
+        if value is not None and not isinstance(value, str):
+            raise errors.BadRequest(_INVALID_JSON)
+        names.append(value if value else None)
+    return Attributes(mode=mode, group=names[0], owner=names[1])
 
 
 async def _json_object(body) -> dict:

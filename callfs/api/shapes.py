@@ -19,6 +19,7 @@ def file_info(inode: Inode) -> dict:
         "size": inode.size if inode.type != DIRECTORY else 0,
         "mode": mode_text(inode),
         "owner": inode.owner,
+        "group": inode.group,
         "mtime": rfc3339_seconds(inode.mtime_ns),
     }
 
@@ -29,6 +30,7 @@ def metadata_headers(inode: Inode, *, instance: bool = False) -> bytes:
         ("X-CallFS-Size", inode.size if inode.type != DIRECTORY else 0),
         ("X-CallFS-Mode", mode_text(inode)),
         ("X-CallFS-Owner", inode.owner),
+        ("X-CallFS-Group", inode.group),
         ("X-CallFS-MTime", rfc3339_seconds(inode.mtime_ns)),
     ]
     if instance and inode.instance_id:

@@ -31,16 +31,16 @@ class TransferAPI:
         mode = request.query_params().get("mode", "").strip().lower() or "download"
         if mode not in _MODES:
             raise errors.BadRequest("mode must be download or upload")
-        identity = request.identity
+        who = request.principal
         if mode == "download":
-            return accept(request, lambda ws: self._download(ws, identity, path,
+            return accept(request, lambda ws: self._download(ws, who, path,
                                                              request.request_id), upload=False)
-        return accept(request, lambda ws: self._upload(ws, identity, path), upload=True)
+        return accept(request, lambda ws: self._upload(ws, who, path), upload=True)
 
-    async def _download(self, ws, identity: str, path: str, request_id: str) -> None:
+    async def _download(self, ws, who, path: str, request_id: str) -> None:
         engine = self.engine
         try:
-            inode = await engine.stat(identity, path)
+            inode = await engine.stat(who, path)
         except (errors.NotFound, errors.PermissionDenied):
             raise Closed(POLICY_VIOLATION, "read access denied") from None
         except errors.CallFSError:
@@ -48,7 +48,7 @@ class TransferAPI:
         if inode.type == DIRECTORY:
             raise Closed(INTERNAL_ERROR, "failed to open file")
         try:
-            inode, handle = await engine.open_current(identity, inode)
+            inode, handle = await engine.open_current(who, inode)
         except errors.PermissionDenied:
             raise Closed(POLICY_VIOLATION, "read access denied") from None
         except errors.CallFSError as exc:
@@ -73,13 +73,13 @@ class TransferAPI:
             handle.close()
         await ws.close(NORMAL, "download complete")
 
-    async def _upload(self, ws, identity: str, path: str) -> None:
+    async def _upload(self, ws, who, path: str) -> None:
         """The session is the body: `read` gives the messages' bytes and b"" after the client's
         close frame; a limit, a protocol error or a lost connection raises inside the engine's
         write, which then stores nothing."""
         engine = self.engine
         try:
-            await engine.put_file(identity, path, ws)
+            await engine.put_file(who, path, ws)
         except (Closed, ClientGone):
             raise
         except errors.PermissionDenied:
@@ -87,14 +87,14 @@ class TransferAPI:
         except errors.IsADirectory:
             raise Closed(UNSUPPORTED_DATA, "target path is not a file") from None
         except errors.CallFSError:
-            raise Closed(INTERNAL_ERROR, await self._failed_store(identity, path)) from None
+            raise Closed(INTERNAL_ERROR, await self._failed_store(who, path)) from None
         await ws.send_text(f"ok:{ws.received}")
         await ws.close(NORMAL, "upload complete")
 
-    async def _failed_store(self, identity: str, path: str) -> str:
+    async def _failed_store(self, who, path: str) -> str:
         """A failed write stores nothing, so the entry still tells whether it was a create."""
         try:
-            await self.engine.stat(identity, path)
+            await self.engine.stat(who, path)
         except errors.CallFSError:
             return "file create failed"
         return "file update failed"

@@ -15,9 +15,11 @@ from collections.abc import Callable
 
 from callfs._native.pathnorm import ancestors
 from callfs.backends.base import Capability
-from callfs.core import moves, permissions
+from callfs._native.pathnorm import split_parent
+from callfs.core import moves
+from callfs.core.permissions import Principal, Rules
 from callfs.domain import errors
-from callfs.domain.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
+from callfs.domain.model import DIRECTORY, FILE, ROOT, Attributes, Inode, NewInode, now_ns
 from callfs.locks.base import dir_key, file_key
 
 log = logging.getLogger("callfs.engine")
@@ -48,7 +50,8 @@ class CrossServerConflict(errors.CallFSError):
 class Engine:
     def __init__(self, *, store, locks, backends: dict, default_backend: str, instance_id: str,
                  file_op_timeout: float | None, metadata_op_timeout: float | None,
-                 file_mode: int = 0o644, dir_mode: int = 0o755, peers=()):
+                 file_mode: int = 0o644, dir_mode: int = 0o755, peers=(),
+                 rules: Rules | None = None):
         self.store = store
         self.locks = locks
         self.backends = backends
@@ -60,14 +63,34 @@ class Engine:
         self.file_mode = file_mode
         self.dir_mode = dir_mode
         self.peers = frozenset(peers)  # instance ids this node knows the address of
+        self.rules = rules if rules is not None else Rules()
 
     # -- lookups -----------------------------------------------------------------------------
 
-    async def stat(self, identity: str, path: str) -> Inode:
-        inode = await self._get(path)
-        if inode is None:
-            raise errors.NotFound()
+    async def stat(self, who: Principal, path: str) -> Inode:
+        """The entry at `path` as `who` may learn of it: search permission on every ancestor
+        (API.md §7), which come with the entry in one query. NotFound, or PermissionDenied
+        where the caller may know of the entry but not reach it."""
+        inode, _ = await self.reach(who, path)
         return inode
+
+    async def reach(self, who: Principal, path: str) -> tuple[Inode, dict[str, Inode]]:
+        """`stat`, with everything the lookup found (the ancestors, by path)."""
+        found = await self._get_many(ancestors(path) + [path])
+        return self.rules.reach_existing(who, path, found), found
+
+    def check_read(self, who: Principal, inode: Inode) -> None:
+        """PermissionDenied unless `who` may read the file (or list the directory)."""
+        if not self.rules.may_read(who, inode):
+            raise errors.PermissionDenied()
+
+    async def _get_many(self, paths: list[str]) -> dict[str, Inode]:
+        if self.metadata_timeout is None:
+            return await self.store.get_many(paths)
+        try:
+            return await asyncio.wait_for(self.store.get_many(paths), self.metadata_timeout)
+        except TimeoutError:
+            raise errors.ServiceUnavailable("metadata store timed out") from None
 
     async def _get(self, path: str) -> Inode | None:
         if self.metadata_timeout is None:
@@ -87,15 +110,15 @@ class Engine:
     def backend_for(self, inode: Inode):
         return self._backend_named(inode.backend)
 
-    def open_file(self, identity: str, inode: Inode, *, read: bool = True):
+    def open_file(self, who: Principal, inode: Inode, *, read: bool = True):
         """A read handle (fd + size) for a file: NotFound when nothing is at its name,
         StorageInconsistent when something other than a regular file is. `read=False` opens
         for a caller that only checks the bytes (HEAD needs no read permission, API.md §7)."""
-        if read and not permissions.may_read(identity, inode):
-            raise errors.PermissionDenied()
+        if read:
+            self.check_read(who, inode)
         return self.backend_for(inode).open_read(inode.path)
 
-    async def open_current(self, identity: str, inode: Inode, *, read: bool = True):
+    async def open_current(self, who: Principal, inode: Inode, *, read: bool = True):
         """Open a file's bytes with the metadata that describes them: (inode, handle); with
         `read=False` (HEAD) the bytes are only checked and the handle is None.
 
@@ -116,7 +139,7 @@ class Engine:
         while True:
             newer = False
             try:
-                handle = self.open_file(identity, inode, read=read)
+                handle = self.open_file(who, inode, read=read)
             except (errors.NotFound, errors.StorageInconsistent) as exc:
                 problem = exc
             else:
@@ -161,21 +184,24 @@ class Engine:
             raise errors.NotFound()
         return fresh
 
-    async def list_directory(self, identity: str, directory: Inode) -> list[Inode]:
-        if not permissions.may_read(identity, directory):
-            raise errors.PermissionDenied()
+    async def list_directory(self, who: Principal, directory: Inode) -> list[Inode]:
+        self.check_read(who, directory)
         return await self.store.list_children(directory)
 
-    async def list_recursive(self, identity: str, directory: Inode, max_depth: int) -> list[Inode]:
+    async def list_recursive(self, who: Principal, directory: Inode, max_depth: int) -> list[Inode]:
         """API.md §9.7: each directory's children as one block, then its subdirectories' walks
-        in order; directories deeper than `max_depth` are not listed."""
-        if not permissions.may_read(identity, directory):
-            raise errors.PermissionDenied()
+        in order; directories deeper than `max_depth` are not listed. A subdirectory shows its
+        children only where the caller may read it and search every directory on the way
+        down to it (as `ls -R` skips what it may not open)."""
+        self.check_read(who, directory)
+        rules = self.rules
         if max_depth == 0:
             return await self.store.list_children(directory)
         children: dict[int, list[Inode]] = {}
+        by_id = {directory.id: directory}
         for inode in await self.store.list_descendants(directory):
             children.setdefault(inode.parent_id, []).append(inode)
+            by_id[inode.id] = inode
         for block in children.values():
             block.sort(key=_listing_key)
         items: list[Inode] = []
@@ -185,7 +211,10 @@ class Engine:
             block = children.get(dir_id, ())
             items.extend(block)
             if level < max_depth:
-                subdirs = [(entry.id, level + 1) for entry in block if entry.type == DIRECTORY]
+                subdirs = [(entry.id, level + 1) for entry in block if entry.type == DIRECTORY
+                           and rules.may_read(who, entry)]
+                if subdirs and not rules.may_descend(who, by_id[dir_id]):
+                    subdirs = []
                 stack.extend(reversed(subdirs))
         return items
 
@@ -197,7 +226,7 @@ class Engine:
         the principal may read and whose bytes are the recorded version, and the answer
         `prepare(inode, content)` made for that version (`content` given up to `keep_limit`
         bytes), kept within `budget` bytes."""
-        return self.store.read_view(may_read=permissions.may_read, on_disk=self.version_on_disk,
+        return self.store.read_view(unix=self.rules.unix, on_disk=self.version_on_disk,
                                     prepare=prepare, instance_id=self.instance_id,
                                     keep_limit=keep_limit, budget=budget)
 
@@ -224,44 +253,57 @@ class Engine:
                          instance_id=self.owner_for(backend))
                 for p in ancestors(path)]
 
-    async def check_create(self, identity: str, path: str, wanted: str):
-        """The checks of API.md §9.3/§9.4 that come before any byte is read, in their order.
-        Returns the existing entry (or None) and the anchor: the deepest existing ancestor's
-        (id, path), which must not move while the entry is written below it."""
-        chain = ancestors(path)
-        found = await self.store.get_many(chain + [path])
-        anchor = next((found[p] for p in reversed(chain) if p in found), None)
-        anchor = None if anchor is None else (anchor.id, anchor.path)
-        existing = found.get(path)
-        blocking_file = next((found[p] for p in chain if p in found and found[p].type == FILE), None)
-        if existing is not None and existing.type == FILE and not permissions.may_write(identity, existing):
+    async def check_create(self, who: Principal, path: str, wanted: str):
+        """The checks of API.md §9.3/§9.4 that come before any byte is read, in their order
+        (with §7's: search on the ancestors, write on an existing file, write and search on
+        the parent of a new entry). Returns the existing entry (or None) and the anchor: the
+        deepest existing ancestor's (id, path), which must not move while the entry is
+        written below it."""
+        rules = self.rules
+        found = await self.store.get_many(ancestors(path) + [path])
+        deepest, blocking_file = rules.reach_parent(who, path, found)
+        anchor = None if deepest is None else (deepest.id, deepest.path)
+        existing = found.get(path) if blocking_file is None else None
+        if existing is not None and existing.type == FILE and not rules.may_write(who, existing):
             raise errors.PermissionDenied()
-        if blocking_file is not None and not permissions.may_write(identity, blocking_file):
+        if blocking_file is not None and not rules.may_write(who, blocking_file):
             raise errors.PermissionDenied()
+        if existing is None and blocking_file is None and deepest is not None:
+            rules.check_parent(who, path, found, deepest, self.dir_mode)
         if existing is not None and existing.instance_id not in (None, self.instance_id):
             raise CrossServerConflict(existing, wanted)
         if blocking_file is not None:
             raise errors.NotADirectory("a parent of the path is a file")
         return existing, anchor
 
-    async def create_directory(self, identity: str, path: str) -> bool:
+    def new_attributes(self, who: Principal, mode: int | None, group: str | None,
+                       wanted: str) -> tuple[int, str]:
+        """The mode and group of an entry `who` creates: the defaults, or what it asked for
+        (X-CallFS-Mode, X-CallFS-Group; the group must be one of its own)."""
+        if mode is None:
+            mode = self.dir_mode if wanted == DIRECTORY else self.file_mode
+        return mode, self.rules.group_for_new(who, group)
+
+    async def create_directory(self, who: Principal, path: str, mode: int | None = None,
+                               group: str | None = None) -> bool:
         """POST with a trailing slash: True when created, False when it already existed."""
-        existing, _ = await self.check_create(identity, path, DIRECTORY)
+        mode, group = self.new_attributes(who, mode, group, DIRECTORY)
+        existing, _ = await self.check_create(who, path, DIRECTORY)
         if existing is not None:
             return self._directory_exists(existing)
         async with self.locks.hold([dir_key(path)], self.lock_timeout):
-            existing, anchor = await self.check_create(identity, path, DIRECTORY)
+            existing, anchor = await self.check_create(who, path, DIRECTORY)
             if existing is not None:
                 return self._directory_exists(existing)
             backend_name = self.default_backend
             backend = self.backends[backend_name]
             stamp = now_ns()
             backend.make_directory(path)
-            entry = NewInode(path=path, type=DIRECTORY, size=0, mode=self.dir_mode, owner=identity,
-                             group=identity, mtime_ns=stamp, backend=backend_name,
+            entry = NewInode(path=path, type=DIRECTORY, size=0, mode=mode, owner=who.user,
+                             group=group, mtime_ns=stamp, backend=backend_name,
                              instance_id=self.owner_for(backend_name))
             try:
-                await self.store.create(self.ancestor_rows(path, identity, stamp, backend_name),
+                await self.store.create(self.ancestor_rows(path, who.user, stamp, backend_name),
                                         entry, anchor)
             except errors.AlreadyExists as exc:
                 return self._directory_exists(exc.existing)
@@ -273,10 +315,12 @@ class Engine:
             raise errors.AlreadyExists("a file exists at this path")
         return False
 
-    async def create_file(self, identity: str, path: str, body, check: Check | None = None) -> None:
+    async def create_file(self, who: Principal, path: str, body, check: Check | None = None,
+                          mode: int | None = None, group: str | None = None) -> None:
         """POST without a trailing slash: a new file; never overwrites. The body is staged
         with no lock held; whether the name is still free is decided when it publishes."""
-        existing, _ = await self.check_create(identity, path, FILE)
+        attributes = self.new_attributes(who, mode, group, FILE)
+        existing, _ = await self.check_create(who, path, FILE)
         if existing is not None:
             raise errors.AlreadyExists()
         if check is not None:
@@ -286,22 +330,26 @@ class Engine:
         upload = await self._stage(self.backends[backend_name], path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-                existing, anchor = await self.check_create(identity, path, FILE)
+                existing, anchor = await self.check_create(who, path, FILE)
                 if existing is not None:
                     raise errors.AlreadyExists()
                 if check is not None:
                     check(None)
-                await self._publish_new(identity, path, upload, backend_name, lease, anchor)
+                await self._publish_new(who, path, upload, backend_name, lease, anchor,
+                                        *attributes)
         finally:
             upload.abort()  # nothing once the write ended; the staged bytes otherwise
 
-    async def put_file(self, identity: str, path: str, body, check: Check | None = None) -> bool:
+    async def put_file(self, who: Principal, path: str, body, check: Check | None = None,
+                       mode: int | None = None, group: str | None = None) -> bool:
         """PUT: create (True) or replace the content of an existing file (False).
 
         The body is staged with no lock held, so a slow client holds no other writer up; the
         path's lock is taken only to publish, where the entry is read again and the
-        precondition decided against it: the last writer to publish wins."""
-        existing, _ = await self.check_create(identity, path, FILE)
+        precondition decided against it: the last writer to publish wins. `mode` and `group`
+        apply to a file it creates."""
+        attributes = self.new_attributes(who, mode, group, FILE)
+        existing, _ = await self.check_create(who, path, FILE)
         if existing is not None and existing.type == DIRECTORY:
             raise errors.IsADirectory()
         if check is not None:
@@ -311,11 +359,12 @@ class Engine:
         upload = await self._stage(self._backend_named(backend_name), path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
-                existing, anchor = await self.check_create(identity, path, FILE)
+                existing, anchor = await self.check_create(who, path, FILE)
                 if existing is None:
                     if check is not None:
                         check(None)
-                    await self._publish_new(identity, path, upload, backend_name, lease, anchor)
+                    await self._publish_new(who, path, upload, backend_name, lease, anchor,
+                                            *attributes)
                     return True
                 if existing.type == DIRECTORY:
                     raise errors.IsADirectory()
@@ -328,14 +377,14 @@ class Engine:
         finally:
             upload.abort()
 
-    async def store_new(self, identity: str, path: str, body, lease, anchor,
-                         mode: int | None = None) -> Inode:
+    async def store_new(self, who: Principal, path: str, body, lease, anchor, mode: int,
+                        group: str | None = None, owner: str | None = None) -> Inode:
         """Stage and publish a new file while the caller holds the path's lock (a copy)."""
         backend_name = self.default_backend
         upload = await self._stage(self.backends[backend_name], path, body)
         try:
-            return await self._publish_new(identity, path, upload, backend_name, lease, anchor,
-                                           mode)
+            return await self._publish_new(who, path, upload, backend_name, lease, anchor,
+                                           mode, group, owner)
         finally:
             upload.abort()
 
@@ -353,14 +402,15 @@ class Engine:
             raise errors.InternalError(f"backend {name} is not configured")
         return backend
 
-    async def _publish_new(self, identity: str, path: str, upload, backend_name: str, lease,
-                           anchor, mode: int | None = None) -> Inode:
+    async def _publish_new(self, who: Principal, path: str, upload, backend_name: str, lease,
+                           anchor, mode: int, group: str | None = None,
+                           owner: str | None = None) -> Inode:
         stamp = now_ns()
-        entry = NewInode(path=path, type=FILE, size=upload.size,
-                         mode=self.file_mode if mode is None else mode,
-                         owner=identity, group=identity, mtime_ns=stamp, backend=backend_name,
-                         instance_id=self.owner_for(backend_name), fence=lease.fence)
-        ancestors = self.ancestor_rows(path, identity, stamp, backend_name)
+        entry = NewInode(path=path, type=FILE, size=upload.size, mode=mode,
+                         owner=owner or who.user, group=group or who.user, mtime_ns=stamp,
+                         backend=backend_name, instance_id=self.owner_for(backend_name),
+                         fence=lease.fence)
+        ancestors = self.ancestor_rows(path, who.user, stamp, backend_name)
         # Busy from before the bytes are published: a reader meeting them takes them for the
         # write in flight that they are, instead of waiting for their record.
         with self.store.changing([path]):
@@ -421,25 +471,23 @@ class Engine:
 
     # -- rename, move --------------------------------------------------------------------------
 
-    async def move(self, identity: str, path: str, request, check: Check | None = None) -> Inode:
+    async def move(self, who: Principal, path: str, request, check: Check | None = None) -> Inode:
         """PATCH (API.md §9.6): rename or move an entry, a directory with its subtree."""
-        return await moves.move(self, identity, path, request, check)
+        return await moves.move(self, who, path, request, check)
 
-    async def copy(self, identity: str, path: str, request, check: Check | None = None) -> bool:
+    async def copy(self, who: Principal, path: str, request, check: Check | None = None) -> bool:
         """PATCH with "copy": true: True when the destination was created."""
-        return await moves.copy(self, identity, path, request, check)
+        return await moves.copy(self, who, path, request, check)
 
     # -- deletion ----------------------------------------------------------------------------
 
-    async def delete(self, identity: str, path: str, check: Check | None = None) -> None:
-        inode = await self.stat(identity, path)
-        self._check_delete(identity, inode)
+    async def delete(self, who: Principal, path: str, check: Check | None = None) -> None:
+        inode = await self._removable(who, path)
         if check is not None:
             check(inode)
         key = dir_key(path) if inode.type == DIRECTORY else file_key(path)
         async with self.locks.hold([key], self.lock_timeout):
-            inode = await self.stat(identity, path)
-            self._check_delete(identity, inode)
+            inode = await self._removable(who, path)
             if check is not None:
                 check(inode)
             backend = self.backend_for(inode)
@@ -481,10 +529,30 @@ class Engine:
                 return
             await asyncio.sleep(0.005)
 
-    @staticmethod
-    def _check_delete(identity: str, inode: Inode) -> None:
-        if not permissions.may_delete(identity, inode) or inode.path == ROOT:
+    async def _removable(self, who: Principal, path: str) -> Inode:
+        """The entry at `path`, when `who` may delete it (the root never goes)."""
+        inode, found = await self.reach(who, path)
+        parent = found.get(split_parent(path)[0]) if path != ROOT else None
+        if not self.rules.may_remove(who, parent, inode):
             raise errors.PermissionDenied()
+        return inode
+
+    # -- attributes --------------------------------------------------------------------------
+
+    async def set_attributes(self, who: Principal, path: str, attributes: Attributes,
+                             check: Check | None = None) -> Inode:
+        """chmod, chgrp, chown (PATCH with attributes only, API.md §9.6): the changed entry."""
+        inode = await self.stat(who, path)
+        self.rules.check_attributes(who, inode, *attributes_of(attributes))
+        if check is not None:
+            check(inode)
+        key = dir_key(path) if inode.type == DIRECTORY else file_key(path)
+        async with self.locks.hold([key], self.lock_timeout):
+            inode = await self.stat(who, path)
+            self.rules.check_attributes(who, inode, *attributes_of(attributes))
+            if check is not None:
+                check(inode)
+            return await self.store.set_attributes(inode, attributes)
 
 
 async def recover(engine: "Engine", *, min_age: float = 0.0, started_ns: int = 0,
@@ -563,6 +631,10 @@ async def _recover_one(engine: "Engine", name: str, backend, item, fence: int,
         await engine.store.update_content(record, disk[0], disk[1], fence)
         log.info("recovered an interrupted write", extra={"path": item.target})
     backend.remove_temporary(item.tmp)
+
+
+def attributes_of(attributes: Attributes) -> tuple:
+    return attributes.mode, attributes.group, attributes.owner
 
 
 def _listing_key(inode: Inode):

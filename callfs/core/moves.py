@@ -9,9 +9,8 @@ undo a move a crash interrupted.
 from dataclasses import dataclass
 
 from callfs._native.pathnorm import ancestors, split_parent
-from callfs.core import permissions
 from callfs.domain import errors
-from callfs.domain.model import DIRECTORY, FILE, ROOT, Inode, NewInode, now_ns
+from callfs.domain.model import DIRECTORY, FILE, ROOT, Attributes, Inode, NewInode, now_ns
 from callfs.locks.base import dir_key, file_key
 
 
@@ -25,6 +24,7 @@ class MoveRequest:
     backend: str | None = None
     instance: str | None = None
     copy: bool = False
+    attributes: Attributes = Attributes()  # chmod, chgrp, chown of the destination
 
 
 PER_KEY_WAIT = 0.002  # seconds a lock acquisition may take per key beyond file_op_timeout
@@ -50,28 +50,42 @@ class Planner:
     def __init__(self, engine):
         self.engine = engine
 
-    async def plan(self, identity: str, src: str, request: MoveRequest, check=None):
+    async def plan(self, who, src: str, request: MoveRequest, check=None):
         engine = self.engine
+        rules = engine.rules
         dst = request.destination
-        chain = ancestors(dst)
-        found = await engine.store.get_many([src, dst] + chain)
-        source = found.get(src)
-        if source is None:
-            raise errors.NotFound()
-        allowed = (permissions.may_read(identity, source) if request.copy
-                   else permissions.may_delete(identity, source))
+        # Both paths with all their ancestors, in one query.
+        found = await engine.store.get_many(list(dict.fromkeys(
+            ancestors(src) + [src] + ancestors(dst) + [dst])))
+        source = rules.reach_existing(who, src, found)
+        if request.copy:
+            allowed = rules.may_read(who, source)
+        elif src == ROOT:
+            allowed = who.admin  # and then refused as the root (below)
+        else:
+            allowed = rules.may_remove(who, found.get(split_parent(src)[0]), source)
         if not allowed:
             raise errors.PermissionDenied()
-        existing = found.get(dst)
-        blocking = next((found[p] for p in chain if p in found and found[p].type == FILE), None)
-        if existing is not None and existing.type == FILE \
-                and not permissions.may_write(identity, existing):
+        deepest, blocking = rules.reach_parent(who, dst, found)
+        existing = found.get(dst) if blocking is None else None
+        dst_parent = found.get(split_parent(dst)[0]) if dst != ROOT else None
+        if existing is not None and existing.type == FILE and not (
+                rules.may_write(who, existing) if request.copy or not rules.unix
+                else rules.may_remove(who, dst_parent, existing)):
             raise errors.PermissionDenied()
         if existing is not None and existing.type == DIRECTORY and request.overwrite \
-                and not permissions.may_delete(identity, existing):
+                and dst != ROOT and not rules.may_remove(who, dst_parent, existing):
             raise errors.PermissionDenied()  # replacing a directory deletes it
-        if blocking is not None and not permissions.may_write(identity, blocking):
+        if blocking is not None and not rules.may_write(who, blocking):
             raise errors.PermissionDenied()
+        if existing is None and blocking is None and deepest is not None \
+                and not rules.may_create_in(who, deepest):
+            raise errors.PermissionDenied()
+        if request.attributes:
+            # Checked as the destination will be: the source itself, or a copy of the caller's.
+            target = source if not request.copy else _as_copy(source, who)
+            rules.check_attributes(who, target, request.attributes.mode,
+                                   request.attributes.group, request.attributes.owner)
         if src == ROOT or dst == ROOT:
             raise errors.BadRequest("cannot rename or move the root directory")
         relocating = self._relocating(source, request)
@@ -120,10 +134,17 @@ class Planner:
             raise errors.BadRequest(f'unknown instance "{request.instance}"')
 
 
-async def move(engine, identity: str, src: str, request: MoveRequest, check=None) -> Inode:
+def _as_copy(source: Inode, who) -> Inode:
+    """What a copy of `source` made by `who` starts as: its own, in its own group."""
+    return Inode(id=0, path=source.path, parent_id=None, name=source.name, type=source.type,
+                 size=source.size, mode=source.mode, owner=who.user, group=who.user,
+                 mtime_ns=0, ctime_ns=0, backend=source.backend, instance_id=None, version=0)
+
+
+async def move(engine, who, src: str, request: MoveRequest, check=None) -> Inode:
     """Rename or move `src` to `request.destination`; the moved entry."""
     planner = Planner(engine)
-    source, existing = await planner.plan(identity, src, request, check)
+    source, existing = await planner.plan(who, src, request, check)
     dst = request.destination
     keys = lock_keys((src, source.type), (dst, source.type))
     if source.type == DIRECTORY:
@@ -131,13 +152,14 @@ async def move(engine, identity: str, src: str, request: MoveRequest, check=None
         # before the move, and one that comes later finds the entry gone from that name.
         keys += lock_keys(*((e.path, e.type) for e in await engine.store.list_descendants(source)))
     async with engine.locks.hold(keys, _lock_wait(engine, keys)):
-        source, existing = await planner.plan(identity, src, request, check)
+        source, existing = await planner.plan(who, src, request, check)
         backend = engine.backend_for(source)
         bytes_move = backend.begin_move(src, dst, source.id, existing is not None)
         rows = engine.ancestor_rows(dst, source.owner, now_ns(), source.backend,
                                      group=source.group)
         try:
-            moved = await engine.store.move(source, dst, rows, existing, bytes_move.publish)
+            moved = await engine.store.move(source, dst, rows, existing, bytes_move.publish,
+                                            request.attributes or None)
         except BaseException:
             bytes_move.undo()
             raise
@@ -145,41 +167,47 @@ async def move(engine, identity: str, src: str, request: MoveRequest, check=None
         return moved
 
 
-async def copy(engine, identity: str, src: str, request: MoveRequest, check=None) -> bool:
+async def copy(engine, who, src: str, request: MoveRequest, check=None) -> bool:
     """Copy `src` (a directory with its subtree) to `request.destination`: True when created,
     False when an existing file was replaced. The bytes never leave the kernel."""
     planner = Planner(engine)
-    source, existing = await planner.plan(identity, src, request, check)
+    source, existing = await planner.plan(who, src, request, check)
     dst = request.destination
+    attributes = request.attributes
     if source.type == FILE:
         async with engine.locks.hold([file_key(dst)], engine.lock_timeout) as lease:
-            source, existing = await planner.plan(identity, src, request, check)
-            await _copy_file(engine, identity, source, dst, existing, lease)
+            source, existing = await planner.plan(who, src, request, check)
+            copied = await _copy_file(engine, who, source, dst, existing, lease, attributes)
+            if existing is not None and attributes:
+                await engine.store.set_attributes(copied, attributes)
             return existing is None
     entries = sorted(await engine.store.list_descendants(source), key=lambda e: e.path)
-    if not all(permissions.may_read(identity, entry) for entry in entries):
+    rules = engine.rules
+    directories = {source.id: source}
+    directories.update((e.id, e) for e in entries if e.type == DIRECTORY)
+    if not all(rules.may_read(who, entry) and rules.may_descend(who, directories[entry.parent_id])
+               for entry in entries):
         raise errors.PermissionDenied()  # before anything is written
     targets = [(dst + entry.path[len(src):], entry) for entry in entries]
     # Every lock of the copy in one acquisition (one global order): the new tree's root and
     # each entry it will hold. Entries the source gains meanwhile are not copied.
     keys = [dir_key(dst)] + lock_keys(*((target, entry.type) for target, entry in targets))
     async with engine.locks.hold(keys, _lock_wait(engine, keys)) as lease:
-        source, existing = await planner.plan(identity, src, request, check)
+        source, existing = await planner.plan(who, src, request, check)
         if existing is not None:
             await engine.store.delete(existing)  # an empty directory (checked by the plan)
         created: list[Inode] = []
         try:
-            created.append(await _copy_directory(engine, identity, source, dst))
+            created.append(await _copy_directory(engine, who, source, dst, attributes))
             now = {e.path: e for e in await engine.store.list_descendants(source)}
             for target, entry in targets:
                 current = now.get(entry.path)
                 if current is None or current.type != entry.type:
                     continue  # gone (or replaced) since the listing
                 if current.type == DIRECTORY:
-                    created.append(await _copy_directory(engine, identity, current, target))
+                    created.append(await _copy_directory(engine, who, current, target))
                 else:
-                    created.append(await _copy_file(engine, identity, current, target, None,
-                                                    lease))
+                    created.append(await _copy_file(engine, who, current, target, None, lease))
         except BaseException:
             await _remove_created(engine, created)
             if existing is not None:
@@ -188,29 +216,34 @@ async def copy(engine, identity: str, src: str, request: MoveRequest, check=None
     return True
 
 
-async def _copy_file(engine, identity: str, source: Inode, dst: str, existing: Inode | None,
-                     lease) -> Inode:
-    found, anchor = await engine.check_create(identity, dst, FILE)
+async def _copy_file(engine, who, source: Inode, dst: str, existing: Inode | None,
+                     lease, attributes: Attributes = Attributes()) -> Inode:
+    found, anchor = await engine.check_create(who, dst, FILE)
     if (found is None) != (existing is None) or (found and found.id != existing.id):
         raise errors.AlreadyExists()  # the destination changed since the plan
-    source, handle = await engine.open_current(identity, source)
+    source, handle = await engine.open_current(who, source)
     try:
         body = engine.backend_for(source).copy_source(handle)
         if existing is not None:
             return await engine.replace_content(existing, body, lease)
-        return await engine.store_new(identity, dst, body, lease, anchor, mode=source.mode)
+        mode = source.mode if attributes.mode is None else attributes.mode
+        return await engine.store_new(who, dst, body, lease, anchor, mode, attributes.group,
+                                      attributes.owner)
     finally:
         handle.close()
 
 
-async def _copy_directory(engine, identity: str, source: Inode, dst: str) -> Inode:
+async def _copy_directory(engine, who, source: Inode, dst: str,
+                          attributes: Attributes = Attributes()) -> Inode:
     backend_name = engine.default_backend
     engine.backends[backend_name].make_directory(dst)
     stamp = now_ns()
-    entry = NewInode(path=dst, type=DIRECTORY, size=0, mode=source.mode, owner=identity,
-                     group=identity, mtime_ns=stamp, backend=backend_name,
+    entry = NewInode(path=dst, type=DIRECTORY, size=0,
+                     mode=source.mode if attributes.mode is None else attributes.mode,
+                     owner=attributes.owner or who.user, group=attributes.group or who.user,
+                     mtime_ns=stamp, backend=backend_name,
                      instance_id=engine.owner_for(backend_name))
-    return await engine.store.create(engine.ancestor_rows(dst, identity, stamp, backend_name),
+    return await engine.store.create(engine.ancestor_rows(dst, who.user, stamp, backend_name),
                                      entry)
 
 

@@ -47,6 +47,17 @@ class NewInode(msgspec.Struct):
     fence: int = 0  # the fencing number of the lock the writer held (0: none)
 
 
+class Attributes(msgspec.Struct, frozen=True):
+    """What a chmod, chgrp or chown changes (API.md §9.6): None leaves a field as it is."""
+
+    mode: int | None = None
+    group: str | None = None
+    owner: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.mode is not None or self.group is not None or self.owner is not None
+
+
 def now_ns() -> int:
     return time.time_ns()
 

@@ -142,7 +142,7 @@ def _write_all(fd: int, data) -> int:
 
 class Request:
     __slots__ = ("method", "target", "path", "query", "headers", "header_count", "keep_alive",
-                 "body", "expect_continue", "tls", "peer", "request_id", "identity")
+                 "body", "expect_continue", "tls", "peer", "request_id", "principal")
 
     def __init__(self, method: bytes, target: bytes, headers: dict, header_count: int,
                  keep_alive: bool, body: Body, tls: bool, peer):
@@ -161,7 +161,7 @@ class Request:
         self.tls = tls
         self.peer = peer
         self.request_id = ""
-        self.identity = ""
+        self.principal = None
 
     def header(self, name: bytes) -> bytes | None:
         return self.headers.get(name)

@@ -88,15 +88,15 @@ class Router:
                 return method_not_allowed("GET")
             return Response(200, JSON, _HEALTH_BODY)
         if raw == b"/metrics":
-            request.identity = self._identify(request)
+            request.principal = self._identify(request)
             return await self.system.metrics(request)
         return text_response(404, _NOT_FOUND)
 
     def _identify(self, request) -> str:
-        identity = self.auth.identify(request.headers.get(b"authorization"))
-        if identity is None:
+        principal = self.auth.identify(request.headers.get(b"authorization"))
+        if principal is None:
             raise errors.AuthenticationFailed()
-        return identity
+        return principal
 
     async def _v1(self, request, raw: bytes, method: bytes) -> Response:
         if raw == _FILES or raw.startswith(_FILES_SLASH):
@@ -117,7 +117,7 @@ class Router:
         return text_response(404, _NOT_FOUND)
 
     def _identify_first(self, request) -> None:
-        request.identity = self._identify(request)
+        request.principal = self._identify(request)
 
     async def _with_path(self, request, raw: bytes, prefix: int, handler) -> Response:
         # A malformed escape is refused before authentication, a rule-breaking path after it.
@@ -129,7 +129,7 @@ class Router:
                             b"400 Bad Request", close=True)
         except PathError as exc:
             path_error = exc
-        request.identity = self._identify(request)
+        request.principal = self._identify(request)
         if path_error is not None:
             raise errors.InvalidPath()
         return await handler(request, path, trailing)

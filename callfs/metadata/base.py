@@ -7,7 +7,7 @@ import asyncio
 from typing import Protocol
 
 from callfs.domain import errors
-from callfs.domain.model import Inode, NewInode
+from callfs.domain.model import Attributes, Inode, NewInode
 
 
 def _publish_bytes(publish) -> None:
@@ -69,13 +69,18 @@ class MetadataStore(Protocol):
         `anchor` (id, path: the directory the bytes were written into) has another path now.
         """
 
+    async def set_attributes(self, inode: Inode, attributes: Attributes) -> Inode:
+        """chmod, chgrp, chown (the fields of `attributes` that are not None), version + 1.
+        NotFound when the entry is gone or moved away from `inode.path`."""
+
     async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
-                   replace: Inode | None, publish) -> Inode:
+                   replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
         """Give `source` (with its whole subtree, for a directory: one prefix rewrite) the
         path `dest`, in one transaction: `replace` (the entry at `dest`, a file or an empty
         directory) is deleted, missing `ancestors` of `dest` are created, then `publish()`
         moves the bytes before the commit. NotFound when `source` is gone or moved,
         AlreadyExists when `dest` is taken, DirectoryNotEmpty for a `replace` with children.
+        `attributes`, when given, change the moved entry in the same transaction.
         """
 
     async def path_of(self, inode_id: int) -> str | None:

@@ -155,11 +155,16 @@ class CachedStore:
         paths.append(entry.path)
         return await self._announced(paths, self.store.create(ancestors, entry, anchor))
 
-    async def move(self, source, dest: str, ancestors, replace, publish):
+    async def set_attributes(self, inode, attributes):
+        """Only the entry's own path: whoever checks access below a directory reads the
+        directory's entry too, by its own stamp."""
+        return await self._announced([inode.path], self.store.set_attributes(inode, attributes))
+
+    async def move(self, source, dest: str, ancestors, replace, publish, attributes=None):
         """A file's move invalidates its two paths; a directory's, every entry (the whole
         cache of every process: moves of directories are rare, their subtrees maybe large)."""
         paths = [item.path for item in ancestors] + [source.path, dest]
-        operation = self.store.move(source, dest, ancestors, replace, publish)
+        operation = self.store.move(source, dest, ancestors, replace, publish, attributes)
         if source.type != DIRECTORY:
             return await self._announced(paths, operation)
         self.table.begin_all()

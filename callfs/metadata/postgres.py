@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from callfs.domain import errors
-from callfs.domain.model import DIRECTORY, Inode, NewInode, now_ns
+from callfs.domain.model import DIRECTORY, Attributes, Inode, NewInode, now_ns
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
 from callfs.metadata.migrate import migration_files
@@ -68,6 +68,12 @@ _UPDATE_CONTENT = (
     " version = version + 1, fence = $6"
     " WHERE id = $1 AND type = 'file' AND version = $5 AND fence <= $6 AND path = $7"
     f" RETURNING {_COLUMNS}")
+# chmod, chgrp, chown: a row written without a group has its owner's, kept when only the owner
+# changes.
+_SET_ATTRIBUTES = (
+    "UPDATE inodes SET mode = COALESCE($3, mode), group_name = COALESCE($4, group_name, owner),"
+    " owner = COALESCE($5, owner), version = version + 1, updated_at = now()"
+    f" WHERE id = $1 AND path = $2 RETURNING {_COLUMNS}")
 _MAX_FENCE = "SELECT COALESCE(MAX(fence), 0) FROM inodes"
 _IS_FILE = "SELECT path FROM inodes WHERE id = $1 AND type = 'file'"
 _LOCK_ROW = "SELECT id, path FROM inodes WHERE id = $1 FOR UPDATE"
@@ -454,12 +460,26 @@ class PostgresStore:
             raise errors.WriteConflict()
         return _inode(row)
 
+    async def set_attributes(self, inode: Inode, attributes: Attributes) -> Inode:
+        return await self._write(self._attributes_tx, inode.id, inode.path, attributes)
+
+    @staticmethod
+    async def _attributes_tx(conn, inode_id: int, path: str, attributes: Attributes) -> Inode:
+        mode = None if attributes.mode is None else f"{attributes.mode:04o}"
+        row = await conn.fetchrow(_SET_ATTRIBUTES, inode_id, path, mode, attributes.group,
+                                  attributes.owner)
+        if row is None:
+            raise errors.NotFound()
+        return _inode(row)
+
     async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
-                   replace: Inode | None, publish) -> Inode:
-        return await self._write(self._move_tx, source, dest, ancestors, replace, publish)
+                   replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
+        return await self._write(self._move_tx, source, dest, ancestors, replace, publish,
+                                 attributes)
 
     async def _move_tx(self, conn, source: Inode, dest: str, ancestors: list[NewInode],
-                       replace: Inode | None, publish) -> Inode:
+                       replace: Inode | None, publish,
+                       attributes: Attributes | None = None) -> Inode:
         row = await conn.fetchrow(_LOCK_MOVED, source.id)
         if row is None or row[1] != source.path:
             raise errors.NotFound()
@@ -478,6 +498,8 @@ class PostgresStore:
             await conn.execute(_MOVE_SUBTREE, source.path, dest, source.path + "/",
                                source.path + "0")
         _publish(publish)
+        if attributes:
+            return await self._attributes_tx(conn, source.id, dest, attributes)
         return _inode(moved)
 
     async def _parents_tx(self, conn, ancestors: list[NewInode]) -> int | None:

@@ -14,7 +14,8 @@ from calendar import timegm
 from concurrent.futures import ThreadPoolExecutor
 
 from callfs.domain import errors
-from callfs.domain.model import DIRECTORY, Inode, NewInode, now_ns, parse_rfc3339, rfc3339_nanos
+from callfs.domain.model import (DIRECTORY, Attributes, Inode, NewInode, now_ns, parse_rfc3339,
+                                 rfc3339_nanos)
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
 from callfs.metadata.migrate import migration_files, split_statements
@@ -263,12 +264,30 @@ class SQLiteStore:
         row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (inode.id,)).fetchone()
         return _inode(row)
 
+    async def set_attributes(self, inode: Inode, attributes: Attributes) -> Inode:
+        return await self._write(self._attributes_tx, inode.id, inode.path, attributes)
+
+    @staticmethod
+    def _attributes_tx(conn, inode_id: int, path: str, attributes: Attributes) -> Inode:
+        mode = None if attributes.mode is None else f"{attributes.mode:04o}"
+        # A row written without a group has its owner's: kept when only the owner changes.
+        cur = conn.execute(
+            "UPDATE inodes SET mode = COALESCE(?, mode),"
+            " group_name = COALESCE(?, group_name, owner), owner = COALESCE(?, owner),"
+            " version = version + 1, updated_at = ? WHERE id = ? AND path = ?",
+            (mode, attributes.group, attributes.owner, rfc3339_nanos(now_ns()), inode_id, path))
+        if cur.rowcount != 1:
+            raise errors.NotFound()
+        row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (inode_id,)).fetchone()
+        return _inode(row)
+
     async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
-                   replace: Inode | None, publish) -> Inode:
-        return await self._write(self._move_tx, source, dest, ancestors, replace, publish)
+                   replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
+        return await self._write(self._move_tx, source, dest, ancestors, replace, publish,
+                                 attributes)
 
     def _move_tx(self, conn, source: Inode, dest: str, ancestors: list[NewInode],
-                 replace: Inode | None, publish) -> Inode:
+                 replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
         row = conn.execute("SELECT path FROM inodes WHERE id = ?", (source.id,)).fetchone()
         if row is None or row[0] != source.path:
             raise errors.NotFound()
@@ -285,6 +304,8 @@ class SQLiteStore:
                          " WHERE path > ? AND path < ?",
                          (dest, source.path, source.path + "/", source.path + "0"))
         _publish(publish)
+        if attributes:
+            return self._attributes_tx(conn, source.id, dest, attributes)
         row = conn.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (source.id,)).fetchone()
         return _inode(row)
 

@@ -282,3 +282,13 @@ class RssWatch:
     @property
     def growth_mib(self) -> float:
         return (self.peak - self.base) / 1024
+
+
+def shared(server, path: str, user: str = INTERNAL_SECRET) -> str:
+    """Create `path` as a directory every user may create entries in, and remove only their
+    own from (mode 1777, like /tmp; owned by internal-proxy, so neither alice nor bob owns
+    it); returns the path."""
+    status = server.request("POST", "/v1/files" + path + "/", headers={"X-CallFS-Mode": "1777"},
+                            user=user)[0]
+    assert status in (200, 201), status
+    return path

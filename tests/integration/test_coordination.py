@@ -173,6 +173,7 @@ def test_a_writer_stalled_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_p
     (503 LOCK_TIMEOUT) and B's version stays, bytes and metadata alike."""
     from callfs.backends.localfs import LocalFSBackend
     from callfs.core.engine import Engine
+    from callfs.core.permissions import Principal
     from callfs.domain.errors import LockTimeout
     from callfs.locks.redis import RedisLockManager
     from callfs.metadata.cache import CachedStore, open_table
@@ -220,7 +221,7 @@ def test_a_writer_stalled_past_its_lock_ttl_cannot_commit_over_a_newer_one(tmp_p
         await locks.open()
         try:
             with pytest.raises(LockTimeout):
-                await engine.put_file("alice", path, Body(b"stale"), check=stall)
+                await engine.put_file(Principal("alice"), path, Body(b"stale"), check=stall)
         finally:
             await locks.close()
             await store.close()

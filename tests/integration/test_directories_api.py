@@ -4,8 +4,9 @@ import re
 import urllib.parse
 
 import pytest
+from conftest import shared
 
-INFO_FIELDS = {"name", "path", "type", "size", "mode", "owner", "mtime"}
+INFO_FIELDS = {"name", "path", "type", "size", "mode", "owner", "group", "mtime"}
 MTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
@@ -56,10 +57,10 @@ def test_object_shape_non_recursive(server, ns):
         assert name not in headers
     sub, f = obj["items"]
     assert sub == {"name": "sub", "path": f"{ns}/sub", "type": "directory", "size": 0,
-                   "mode": "0755", "owner": "alice", "mtime": sub["mtime"]}
+                   "mode": "0755", "owner": "alice", "group": "alice", "mtime": sub["mtime"]}
     assert f == {"name": "f.txt", "path": f"{ns}/f.txt", "type": "file",
                  "size": len(f"{ns}/f.txt"), "mode": "0644", "owner": "alice",
-                 "mtime": f["mtime"]}
+                 "group": "alice", "mtime": f["mtime"]}
     assert MTIME.match(sub["mtime"]) and MTIME.match(f["mtime"])
 
 
@@ -75,6 +76,7 @@ def test_object_shape_recursive(server, ns):
 
 
 def test_listed_entries_owned_by_their_creators(server, ns):
+    shared(server, ns)
     make(server, f"{ns}/a.txt")
     make(server, f"{ns}/b.txt", f"{ns}/bobdir/", user="bob")
     _, obj = listdir(server, ns, user="bob")

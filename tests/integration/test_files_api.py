@@ -14,13 +14,13 @@ import urllib.parse
 
 import pytest
 
-from conftest import INTERNAL_SECRET, KEYS, POSITIONAL_KEY
+from conftest import INTERNAL_SECRET, KEYS, POSITIONAL_KEY, shared
 
 AUTH_FAILED = b'{"code":"AUTHENTICATION_FAILED","message":"authentication failed"}'
 DENIED = {"code": "PERMISSION_DENIED", "message": "permission denied"}
 MTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
-INFO_FIELDS = {"name", "path", "type", "size", "mode", "owner", "mtime"}
+INFO_FIELDS = {"name", "path", "type", "size", "mode", "owner", "group", "mtime"}
 
 # API.md §3: on every response of the API router.
 SECURITY_HEADERS = {
@@ -727,6 +727,7 @@ def test_positional_key_identity(server, ns):
 
 
 def test_internal_secret_identity_and_admin(server, ns):
+    shared(server, ns)
     assert server.request("POST", url(f"{ns}/f"), b"proxy", user=INTERNAL_SECRET)[0] == 201
     assert head(server, f"{ns}/f")[1]["x-callfs-owner"] == "internal-proxy"
     assert server.request("POST", url(f"{ns}/g"), b"alice's")[0] == 201

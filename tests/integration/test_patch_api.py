@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import SERVICES_UP, launch, random_bytes
+from conftest import SERVICES_UP, launch, random_bytes, shared
 
 
 @pytest.fixture(scope="module", params=["sqlite+local", "postgres+redis"])
@@ -118,6 +118,7 @@ def test_unicode_names(server, ns):
 
 
 def test_create_parents_owned_by_the_sources_owner(server, ns):
+    shared(server, ns)
     put(server, f"{ns}/f", b"x")
     assert server.request("PUT", f"/v1/files{ns}/bobs/x", body=b"b", user="bob")[0] == 201
     status, body = patch(server, f"{ns}/f", {"destination": f"{ns}/p/q/r/f"})
@@ -222,6 +223,7 @@ def test_may_not_delete_source_403(server, ns):
 
 
 def test_may_not_write_destination_403(server, ns):
+    shared(server, ns)
     put(server, f"{ns}/mine", b"alice's")
     put(server, f"{ns}/theirs", b"bob's", user="bob")
     status, body = patch(server, f"{ns}/mine", {"destination": f"{ns}/theirs", "overwrite": True})
@@ -299,6 +301,7 @@ def test_if_match_applies_to_the_source(server, ns):
 
 @pytest.mark.parametrize("size", [0, 1, 65_537, 3 * 1024 * 1024 + 5])
 def test_copy_a_file(server, ns, size):
+    shared(server, ns)
     data = random_bytes(size)
     put(server, f"{ns}/src", data, user="bob")
     status, body = patch(server, f"{ns}/src", {"destination": f"{ns}/copy", "copy": True})
@@ -339,6 +342,7 @@ def test_copy_a_deep_subtree(server, ns):
 
 
 def test_copy_needs_read_only_on_the_source(server, ns):
+    shared(server, ns)
     put(server, f"{ns}/alices", b"readable")
     assert patch(server, f"{ns}/alices", {"destination": f"{ns}/bobs", "copy": True},
                  user="bob")[0] == 201
@@ -362,6 +366,7 @@ def test_check_order_into_itself_before_unknown_backend(server, ns):
 
 
 def test_overwrite_of_someone_elses_empty_directory_403(server, ns):
+    shared(server, ns)
     put(server, f"{ns}/mine/f", b"x")
     assert server.request("POST", url(f"{ns}/bobs") + "/", user="bob")[0] == 201
     for copy in (False, True):

@@ -1,15 +1,21 @@
 """Plain-Python specification of callfs._native.readview: the engine's read view. The native
 view must answer exactly like this (test_readview.py)."""
+import perm_oracle
 
 FILE = "file"
 
 
+def ancestors(path):
+    parts = path.strip("/").split("/")
+    return ["/"] + ["/" + "/".join(parts[:i]) for i in range(1, len(parts))] if path != "/" else []
+
+
 class ReadView:
-    def __init__(self, *, entries, table, may_read, on_disk, prepare, instance_id, keep_limit,
+    def __init__(self, *, entries, table, unix, on_disk, prepare, instance_id, keep_limit,
                  budget):
         self.entries = entries
         self.table = table
-        self.may_read = may_read
+        self.unix = unix
         self.on_disk = on_disk
         self.prepare = prepare
         self.instance_id = instance_id
@@ -25,7 +31,8 @@ class ReadView:
         inode = entry.inode
         if inode.type != FILE or inode.instance_id not in (None, self.instance_id):
             return None
-        if not self.may_read(principal, inode):
+        if self.unix and not perm_oracle.is_admin(principal.user) \
+                and not self._may_read(principal, path, inode):
             return None
         kept = self.kept.get(path)
         if kept is not None and kept[0] == entry.stamp:
@@ -44,6 +51,20 @@ class ReadView:
         self.kept[path] = (entry.stamp, value, cost, content is None)
         self.kept_bytes += cost
         return value
+
+    def _may_read(self, principal, path, inode):
+        """Read on the file, search on every ancestor as cached exactly now."""
+        user, groups = principal.user, principal.groups
+        if not perm_oracle.allows(user, groups, inode, perm_oracle.READ):
+            return False
+        for parent in ancestors(path):
+            entry = self.entries.get(parent)
+            if entry is None or not self.table.unchanged(parent, entry.stamp):
+                return False
+            if entry.inode.type == FILE or not perm_oracle.allows(user, groups, entry.inode,
+                                                                  perm_oracle.SEARCH):
+                return False
+        return True
 
     def _forget(self, path):
         kept = self.kept.pop(path, None)

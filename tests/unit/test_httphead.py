@@ -24,7 +24,9 @@ import httphead_oracle as oracle  # noqa: E402
 import readview_oracle  # noqa: E402
 from callfs._native import httphead as native  # noqa: E402
 from callfs.backends.localfs import LocalFSBackend  # noqa: E402
-from callfs.core import permissions  # noqa: E402
+from callfs.core.permissions import Principal  # noqa: E402
+
+BOB = Principal("bob")
 from callfs.core.engine import READ_VIEW_BUDGET, Engine  # noqa: E402
 from callfs.http.auth import Authenticator  # noqa: E402
 from callfs.http.hotpath import SMALL_FILE, prepare  # noqa: E402
@@ -283,8 +285,8 @@ def make_site(tmp: str):
         files = {"/d/small": b"x" * 4096, "/d/medium": os.urandom(64 * 1024), "/d/empty": b"", "/d/caf\u00e9 1": b"unicode",
                  "/d/large": b"L" * (SMALL_FILE + 1), "/other/f": b"others"}
         for path, data in files.items():
-            await engine.put_file("bob", path, Body(data))
-        for path in list(files) + ["/d", "/other"]:
+            await engine.put_file(BOB, path, Body(data))
+        for path in list(files) + ["/", "/d", "/other"]:
             await store.get(path)
         # An entry another instance holds: cached, never answered here.
         remote = await store.get("/other/f")
@@ -313,7 +315,7 @@ def hot_path_of(implementation, engine, auth):
     else:
         view = readview_oracle.ReadView(
             entries=engine.store.entries, table=engine.store.table,
-            may_read=permissions.may_read, on_disk=engine.version_on_disk, prepare=prepare,
+            unix=engine.rules.unix, on_disk=engine.version_on_disk, prepare=prepare,
             instance_id=engine.instance_id, keep_limit=SMALL_FILE, budget=READ_VIEW_BUDGET)
     return implementation.HotPath(keys=auth.known, identify=auth.identify_known, view=view,
                                   security=SECURITY_HEADERS, hsts=HSTS)
