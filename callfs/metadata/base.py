@@ -4,6 +4,7 @@ Every store (SQLite, PostgreSQL) implements the same operations with the same gu
 a creation is atomic with the creation of its missing ancestors, and a path is unique.
 """
 import asyncio
+import enum
 from typing import Protocol
 
 from callfs.domain import errors
@@ -115,3 +116,50 @@ class EngineStore(MetadataStore, Protocol):
 
     def read_view(self, **policy):
         """The native read view over the cached entries (callfs._native.readview)."""
+
+
+# -- single-use links (API.md §10) -------------------------------------------------------------
+
+USED_LINK_RETENTION_NS = 24 * 3600 * 1_000_000_000  # API.md §10.4: used links kept 24 hours
+
+
+class LinkOutcome(enum.Enum):
+    """What a redemption found, in the order of API.md §10.3's checks."""
+
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    USED = "used"
+    FORGED = "forged"
+    CONSUMED = "consumed"
+
+
+def link_refusal(status: str | None, expires_ns: int, now_ns: int) -> LinkOutcome | None:
+    """Why a stored link (`status` None: no such link) may not be redeemed now, before its
+    signature is looked at; None when it may. Expiry comes before use (API.md §10.4: an
+    expired token answers 410 whether or not it was used)."""
+    if status is None:
+        return LinkOutcome.UNKNOWN
+    if now_ns > expires_ns or status == "expired":
+        return LinkOutcome.EXPIRED
+    if status != "active":
+        return LinkOutcome.USED
+    return None
+
+
+class LinkStore(Protocol):
+    """The `single_use_links` table (Appendix A), shared by every node of a cluster."""
+
+    async def create_link(self, token: str, path: str, signature: str, expires_ns: int,
+                          now_ns: int) -> None:
+        """Record an active link to the canonical `path`, valid until `expires_ns`."""
+
+    async def consume_link(self, token: str, now_ns: int, ip: str | None,
+                           verify) -> tuple[LinkOutcome, str | None]:
+        """Redeem `token`: UNKNOWN, EXPIRED or USED as link_refusal says, FORGED when
+        `verify(path)` says the token was not signed for the stored path, else CONSUMED: the
+        link is marked used (at `now_ns`, by `ip`) atomically, so of concurrent redemptions
+        exactly one is CONSUMED. Returns the outcome and the stored path (None if UNKNOWN)."""
+
+    async def sweep_links(self, now_ns: int, used_age_ns: int = USED_LINK_RETENTION_NS) -> int:
+        """Delete links whose expiry has passed (never used) and links used more than
+        `used_age_ns` before `now_ns`; the number deleted."""

@@ -19,6 +19,7 @@ from callfs.domain import errors
 from callfs.domain.model import DIRECTORY, Attributes, Inode, NewInode, now_ns
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
+from callfs.metadata.base import USED_LINK_RETENTION_NS, LinkOutcome, link_refusal
 from callfs.metadata.migrate import migration_files
 
 # Serialises migrations of every CallFS instance that starts against the same database.
@@ -85,6 +86,18 @@ _ROOT = (
     " ctime, mtime_ns, ctime_ns, backend_type, callfs_instance_id, created_at, updated_at)"
     " VALUES (NULL, '', '/', 'directory', 0, '1777', 'root', 'root', $1, $1, $1, $2, $2,"
     " 'localfs', NULL, $1, $1) ON CONFLICT (path) DO NOTHING")
+# Single-use links (API.md §10). updated_at follows every UPDATE by the table's trigger.
+_LINK_INSERT = (
+    "INSERT INTO single_use_links (token, file_path, status, expires_at, hmac_signature,"
+    " created_at, updated_at) VALUES ($1, $2, 'active', $3, $4, $5, $5)")
+_LINK_FIND = "SELECT file_path, status, expires_at FROM single_use_links WHERE token = $1"
+# The redemption itself: of concurrent ones, exactly one finds the row still active.
+_LINK_CONSUME = (
+    "UPDATE single_use_links SET status = 'used', used_at = $2, used_by_ip = $3::inet"
+    " WHERE token = $1 AND status = 'active' AND expires_at >= $2 RETURNING file_path")
+_LINK_SWEEP = (
+    "WITH swept AS (DELETE FROM single_use_links WHERE (status <> 'used' AND expires_at < $1)"
+    " OR (status = 'used' AND used_at < $2) RETURNING 1) SELECT count(*) FROM swept")
 
 
 _KEYWORD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
@@ -537,6 +550,39 @@ class PostgresStore:
         await conn.execute(_DELETE, inode.id)
         if publish is not None:
             _publish(publish)
+
+    # -- single-use links (API.md §10) -----------------------------------------------------
+
+    async def create_link(self, token: str, path: str, signature: str, expires_ns: int,
+                          now_ns: int) -> None:
+        await self._fetch(_LINK_INSERT, token, path, _stamp(expires_ns), signature,
+                          _stamp(now_ns))
+
+    async def consume_link(self, token: str, now_ns: int, ip: str | None,
+                           verify) -> tuple[LinkOutcome, str | None]:
+        outcome, path = await self._link_state(token, now_ns)
+        if outcome is not None:
+            return outcome, path
+        if not verify(path):
+            return LinkOutcome.FORGED, path
+        if await self._fetch(_LINK_CONSUME, token, _stamp(now_ns), ip):
+            return LinkOutcome.CONSUMED, path
+        # Another redemption won (or a sweep took the link meanwhile): as the row stands now.
+        outcome, path = await self._link_state(token, now_ns)
+        return outcome or LinkOutcome.USED, path
+
+    async def _link_state(self, token: str, now_ns: int) -> tuple[LinkOutcome | None, str | None]:
+        """The refusal link_refusal finds for the stored link (None: it may be redeemed), and
+        its path."""
+        rows = await self._fetch(_LINK_FIND, token)
+        if not rows:
+            return LinkOutcome.UNKNOWN, None
+        path, status, expires = rows[0]
+        return link_refusal(status, _ns(expires, None), now_ns), path
+
+    async def sweep_links(self, now_ns: int, used_age_ns: int = USED_LINK_RETENTION_NS) -> int:
+        rows = await self._fetch(_LINK_SWEEP, _stamp(now_ns), _stamp(now_ns - used_age_ns))
+        return rows[0][0]
 
 
 def _reraise(exc: Exception):

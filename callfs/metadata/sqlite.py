@@ -18,11 +18,13 @@ from callfs.domain.model import (DIRECTORY, Attributes, Inode, NewInode, now_ns,
                                  rfc3339_nanos)
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
+from callfs.metadata.base import USED_LINK_RETENTION_NS, LinkOutcome, link_refusal
 from callfs.metadata.migrate import migration_files, split_statements
 
 _COLUMNS = ("id, path, parent_id, name, type, size, mode, owner, group_name, mtime, ctime, "
             "backend_type, callfs_instance_id, version")
 _BUSY_TIMEOUT_MS = 30_000
+_DAY_NS = 24 * 3600 * 1_000_000_000
 
 
 def _fast_ns(text: str) -> int:
@@ -321,6 +323,61 @@ class SQLiteStore:
             raise errors.NotFound()
         if publish is not None:
             _publish(publish)
+
+    # -- single-use links (API.md §10; timestamps as Appendix A has them) ------------------
+
+    async def create_link(self, token: str, path: str, signature: str, expires_ns: int,
+                          now_ns: int) -> None:
+        await self._write(self._create_link_tx, token, path, signature, expires_ns, now_ns)
+
+    @staticmethod
+    def _create_link_tx(conn, token: str, path: str, signature: str, expires_ns: int,
+                        now_ns: int) -> None:
+        stamp = rfc3339_nanos(now_ns)
+        conn.execute(
+            "INSERT INTO single_use_links (token, file_path, status, expires_at, hmac_signature,"
+            " created_at, updated_at) VALUES (?, ?, 'active', ?, ?, ?, ?)",
+            (token, path, rfc3339_nanos(expires_ns), signature, stamp, stamp))
+
+    async def consume_link(self, token: str, now_ns: int, ip: str | None,
+                           verify) -> tuple[LinkOutcome, str | None]:
+        return await self._write(self._consume_link_tx, token, now_ns, ip, verify)
+
+    @staticmethod
+    def _consume_link_tx(conn, token: str, now_ns: int, ip: str | None,
+                         verify) -> tuple[LinkOutcome, str | None]:
+        # Read and mark under one write lock (BEGIN IMMEDIATE): no other redemption runs between.
+        row = conn.execute("SELECT file_path, status, expires_at FROM single_use_links"
+                           " WHERE token = ?", (token,)).fetchone()
+        if row is None:
+            return LinkOutcome.UNKNOWN, None
+        path = row[0]
+        refusal = link_refusal(row[1], _fast_ns(row[2]), now_ns)
+        if refusal is not None:
+            return refusal, path
+        if not verify(path):
+            return LinkOutcome.FORGED, path
+        stamp = rfc3339_nanos(now_ns)
+        conn.execute("UPDATE single_use_links SET status = 'used', used_at = ?, used_by_ip = ?,"
+                     " updated_at = ? WHERE token = ? AND status = 'active'",
+                     (stamp, ip, stamp, token))
+        return LinkOutcome.CONSUMED, path
+
+    async def sweep_links(self, now_ns: int, used_age_ns: int = USED_LINK_RETENTION_NS) -> int:
+        return await self._write(self._sweep_links_tx, now_ns, used_age_ns)
+
+    @staticmethod
+    def _sweep_links_tx(conn, now_ns: int, used_age_ns: int) -> int:
+        # Stamps written by another server may be spelt otherwise (another precision, an
+        # offset): julianday() compares instants. The text bound a day ahead only lets the
+        # index on expires_at narrow the rows; used links are found by the index on status.
+        cur = conn.execute(
+            "DELETE FROM single_use_links WHERE (status <> 'used' AND expires_at < ?"
+            " AND julianday(expires_at) < julianday(?))"
+            " OR (status = 'used' AND julianday(used_at) < julianday(?))",
+            (rfc3339_nanos(now_ns + _DAY_NS), rfc3339_nanos(now_ns),
+             rfc3339_nanos(now_ns - used_age_ns)))
+        return cur.rowcount
 
 
 def _in_transaction(conn, fn, *args):
