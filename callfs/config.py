@@ -663,6 +663,11 @@ def _check_default_backend(b: BackendConfig) -> None:
     b.default_backend = name
 
 
+def _has_control(name: str) -> bool:
+    """A user ID or group name travels in headers and logs: no C0/C1 control characters."""
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name)
+
+
 def _check_callfs_additions(config: Config) -> None:
     """Checks of the CallFS-only keys, after the reference's so its files behave the same."""
     a = config.auth
@@ -672,11 +677,17 @@ def _check_callfs_additions(config: Config) -> None:
     for key in ("default_file_mode", "default_dir_mode"):
         if not 0 <= getattr(a, key) <= 0o7777:
             _fail(f"auth.{key} must be between 0000 and 7777")
+    for user_id in sorted(a.api_key_users):
+        if _has_control(user_id):
+            _fail(f"auth.api_key_users: user ID {_quote(user_id)} must not contain control "
+                  "characters")
     for group in sorted(a.groups):
         if not group.strip():
             _fail("auth.groups: group name must not be empty")
         if is_reserved_user(group):
             _fail(f"auth.groups: group name {_quote(group)} is reserved")
+        if _has_control(group):
+            _fail(f"auth.groups: group name {_quote(group)} must not contain control characters")
     if not MIN_PART_SIZE <= config.backend.s3_part_size <= MAX_PART_SIZE:
         _fail("backend.s3_part_size must be between 5MiB and 5GiB")
     _check_address("server.listen_addr", config.server.listen_addr)

@@ -3,8 +3,9 @@
 How a page's examples are run (docs/README.md, "Examples that run", says the same for writers):
 
 - Each page gets a server of its own, started empty, whose keys are the docs' example keys
-  (`alice-key-at-least-16-chars` for alice, the embedded profile's banner key as a positional
-  key) and whose instance is `node-1`. The examples' address `127.0.0.1:8443` is rewritten to
+  (`alice-key-at-least-16-chars` for alice, likewise `bob-…` and `carol-…`, the embedded
+  profile's banner key as a positional key), with alice and bob in the group `staff`, and
+  whose instance is `node-1`. The examples' address `127.0.0.1:8443` is rewritten to
   that server's address; nothing else in the text is changed.
 - The page's ```sh, ```bash and ```console blocks run in order, in one bash process (a variable
   set in one block is there in the next), in a scratch directory that is also $HOME, with
@@ -35,6 +36,9 @@ from conftest import KEYS, POSITIONAL_KEY, launch
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLE_ADDRESS = "127.0.0.1:8443"
 ALICE_KEY = "alice-key-at-least-16-chars"
+BOB_KEY = "bob-key-at-least-16-chars"
+CAROL_KEY = "carol-key-at-least-16-chars"
+GROUPS = {"staff": ["alice", "bob"]}
 BANNER_KEY = "cru7XecNI24w0WWulqmfDcAMF_EpgdZrtM5iqUbydxs"  # docs/installation.md's banner
 PAGE_TIMEOUT = 180
 
@@ -265,7 +269,9 @@ def test_the_shell_examples_of_a_page_do_what_it_shows(tmp_path, name):
     scratch.mkdir()
     server = launch(tmp_path / "server",
                     auth={"api_keys": [POSITIONAL_KEY, BANNER_KEY],
-                          "api_key_users": dict(KEYS, alice=ALICE_KEY)},
+                          "api_key_users": dict(KEYS, alice=ALICE_KEY, bob=BOB_KEY,
+                                                carol=CAROL_KEY),
+                          "groups": GROUPS},
                     backend={"localfs_root_path": str(scratch / "callfs-data" / "files")},
                     metadata_store={"type": "sqlite",
                                     "sqlite_path": str(scratch / "callfs-data" /

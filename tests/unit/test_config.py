@@ -281,6 +281,10 @@ VALIDATION_ROWS = [
     ({"auth.default_dir_mode": "17777"}, "auth.default_dir_mode must be between 0000 and 7777"),
     ({"auth.groups": {"root": ["alice"]}}, 'auth.groups: group name "root" is reserved'),
     ({"auth.groups": {"": ["alice"]}}, "auth.groups: group name must not be empty"),
+    ({"auth.groups": {"a\nb": ["alice"]}},
+     'auth.groups: group name "a\\nb" must not contain control characters'),
+    ({"auth.api_key_users": {"eve\r\nX-Injected: 1": "eve-key-0123456789abcdef"}},
+     'auth.api_key_users: user ID "eve\\r\\nX-Injected: 1" must not contain control characters'),
     ({"backend.s3_part_size": "4MiB"}, "backend.s3_part_size must be between 5MiB and 5GiB"),
     ({"backend.s3_part_size": "6GiB"}, "backend.s3_part_size must be between 5MiB and 5GiB"),
 ]
