@@ -1,12 +1,17 @@
 """The local backend's staged writes when a writer's lock lapsed: a lapsed writer publishes
-nothing, and taking back a write never removes a newer writer's bytes."""
+nothing, and taking back a write never removes a newer writer's bytes. And links planted in
+the data directory: never followed, by openat2 or by the walk."""
 import asyncio
 import os
 import time
 
 import pytest
 
+from callfs._native import fsops
 from callfs.backends.localfs import TMP_PREFIX, LocalFSBackend
+from callfs.domain import errors
+
+RESOLVERS = ["openat2", "walk"] if fsops.openat2_available() else ["walk"]
 
 
 class Lapsed(Exception):
@@ -17,11 +22,13 @@ def lapsed():
     raise Lapsed()
 
 
-@pytest.fixture
-def backend(tmp_path):
+@pytest.fixture(params=RESOLVERS)
+def backend(tmp_path, request):
+    previous = fsops.use_openat2(request.param == "openat2")
     store = LocalFSBackend(str(tmp_path / "root"), durable=False)
     asyncio.run(store.open())
-    return store
+    yield store
+    fsops.use_openat2(previous)
 
 
 def stage(backend, path: str, data: bytes, check=None):
@@ -198,3 +205,114 @@ def test_a_staged_file_follows_its_path_when_a_directory_above_moves(backend, re
     assert content(backend, "/a/b/f") == b"new"
     assert content(backend, "/moved/b/f") == b"old"
     assert staged(backend) == []
+
+
+# -- links planted in the data directory: never followed --------------------------------------
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory beside the root with a secret; `unchanged()` says it is as it was."""
+    where = tmp_path / "outside"
+    where.mkdir()
+    (where / "secret").write_bytes(b"secret")
+    (where / (TMP_PREFIX + "0123456789abcdef-0123456789abcdef")).write_bytes(b"not ours")
+    before = tree(where)
+
+    class Outside:
+        path = where
+
+        def unchanged(self):
+            return tree(where) == before
+    return Outside()
+
+
+def tree(top):
+    return {str(p.relative_to(top)): (p.read_bytes() if p.is_file() else None,
+                                      p.lstat().st_mtime_ns, p.lstat().st_nlink)
+            for p in sorted(top.rglob("*"))}
+
+
+def test_a_file_replaced_by_a_link_is_neither_served_nor_written_through(backend, outside):
+    stage(backend, "/d/f", b"mine").finish()
+    os.unlink(backend.disk_path("/d/f"))
+    os.symlink(outside.path / "secret", backend.disk_path("/d/f"))
+    with pytest.raises(errors.StorageInconsistent):
+        backend.open_read("/d/f")
+    with pytest.raises(errors.StorageInconsistent):
+        backend.read_version("/d/f", 6, 0)
+    assert backend.disk_version("/d/f") is None
+    with pytest.raises(errors.StorageInconsistent):
+        stage(backend, "/d/f", b"overwrite")
+    with pytest.raises(errors.StorageInconsistent):
+        backend.begin_move("/d/f", "/d/g", 1, False)
+    assert os.path.islink(backend.disk_path("/d/f")) and staged(backend) == []
+    removal = backend.begin_remove("/d/f")  # the link goes, as a name; its target stays
+    removal.publish()
+    removal.finish()
+    assert os.listdir(backend.disk_path("/d")) == []
+    assert outside.unchanged()
+
+
+def test_nothing_below_a_directory_replaced_by_a_link(backend, outside):
+    stage(backend, "/d/f", b"mine").finish()
+    os.rename(backend.disk_path("/d"), backend.disk_path("/kept"))
+    os.symlink(outside.path, backend.disk_path("/d"))
+    with pytest.raises(errors.StorageInconsistent):
+        backend.open_read("/d/secret")
+    assert backend.disk_version("/d/secret") is None
+    for path in ("/d/new", "/d/sub/new", "/d/secret"):
+        with pytest.raises(errors.StorageInconsistent):
+            backend.begin_write(path)
+    with pytest.raises(errors.StorageInconsistent):
+        backend.make_directory("/d/sub")
+    with pytest.raises(errors.StorageInconsistent):
+        backend.begin_move("/d/secret", "/moved", 1, False)
+    with pytest.raises(OSError):
+        backend.remove("/d/secret", False)
+    with pytest.raises(OSError):
+        backend.remove("/d", True)  # rmdir of a link: refused, never followed
+    removal = backend.begin_remove("/d/secret")
+    removal.publish()
+    removal.finish()
+    with pytest.raises(OSError):
+        backend.remove_temporary("/d/" + TMP_PREFIX + "0123456789abcdef-0123456789abcdef")
+    assert outside.unchanged()
+    assert content(backend, "/kept/f") == b"mine"
+
+
+def test_a_dangling_link_is_never_created_through(backend, tmp_path):
+    target = tmp_path / "created-through-the-link"
+    os.symlink(target, backend.disk_path("/new"))
+    with pytest.raises(errors.StorageInconsistent):
+        stage(backend, "/new", b"bytes")
+    with pytest.raises(errors.AlreadyExists):
+        backend.make_directory("/new")
+    with pytest.raises(errors.StorageInconsistent):
+        backend.begin_write("/new/below")
+    assert not os.path.lexists(target)
+    assert os.path.islink(backend.disk_path("/new")) and staged(backend) == []
+
+
+def test_recovery_never_looks_through_a_link(backend, outside):
+    stage(backend, "/d/f", b"mine").finish()
+    os.symlink(outside.path, backend.disk_path("/d/out"))
+    os.symlink(outside.path / "secret", backend.disk_path("/.callfs-move-0123456789abcdef"))
+    assert backend.leftovers(0.0) == []
+    assert backend.move_intents() == []
+    assert outside.unchanged()
+
+
+def test_a_move_renames_names_and_follows_no_link(backend, outside):
+    stage(backend, "/a/f", b"mine").finish()
+    os.symlink(outside.path, backend.disk_path("/a/out"))
+    move = backend.begin_move("/a", "/b/c", 7, False)  # a directory holding a link
+    move.publish()
+    move.finish()
+    assert os.path.islink(backend.disk_path("/b/c/out")) and content(backend, "/b/c/f") == b"mine"
+    os.symlink(outside.path, backend.disk_path("/l"))
+    move = backend.begin_move("/b/c/f", "/l/f", 8, False)
+    with pytest.raises(errors.StorageInconsistent):
+        move.publish()
+    move.undo()  # as the engine does when the store's transaction fails
+    assert content(backend, "/b/c/f") == b"mine"
+    assert outside.unchanged() and backend.move_intents() == []
