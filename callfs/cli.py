@@ -229,12 +229,16 @@ def run_server(command: Command, opts: dict, args: list[str]) -> int:
 
 
 def _announce(loaded: config.Loaded, workers: int, data_lock) -> None:
-    print("\n".join(start_summary(loaded, workers, data_lock.shared)), flush=True)
+    from callfs.server import tls_downloads
+
+    print("\n".join(start_summary(loaded, workers, data_lock.shared,
+                                   tls_downloads=tls_downloads)), flush=True)
 
 
-def start_summary(loaded: config.Loaded, workers: int, shared: bool) -> list[str]:
+def start_summary(loaded: config.Loaded, workers: int, shared: bool,
+                  tls_downloads: str | None = None) -> list[str]:
     """What the server is about to do, in one look; for the embedded profile, also the key
-    and a command to try."""
+    and a command to try. `tls_downloads`: how downloads travel over TLS, when it is on."""
     cfg = loaded.config
     tls = config.uses_tls(cfg.server)
     scheme = "https" if tls else "http"
@@ -260,6 +264,7 @@ def start_summary(loaded: config.Loaded, workers: int, shared: bool) -> list[str
     lines += [
         f"  Address:        {address}",
         f"  TLS:            {'on (' + cfg.server.cert_file + ')' if tls else 'off'}",
+        *([f"  TLS downloads:  {tls_downloads}"] if tls and tls_downloads else []),
         f"  Metadata store: {store}",
         f"  Lock manager:   {locks}",
         f"  Data directory: {data} ({sharing})",

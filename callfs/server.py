@@ -25,18 +25,24 @@ import uvloop
 from prometheus_client import REGISTRY
 
 from callfs import config, datadir
+from callfs._native.ratelimit import RateLimiter
 from callfs.api.directories import DirectoriesAPI
 from callfs.api.files import FilesAPI
+from callfs.api.links import LinksAPI
 from callfs.api.system import SystemAPI
 from callfs.api.transfer import TransferAPI
 from callfs.backends.localfs import LocalFSBackend
 from callfs.domain import errors
 from callfs.core.engine import Engine, recover
+from callfs.core.links import Links
+from callfs.core.links import sweep_forever as sweep_links_forever
 from callfs.core.permissions import Accounts, Rules
+from callfs.http import tls
 from callfs.http.auth import Authenticator
 from callfs.http.hotpath import hot_path
 from callfs.http.protocol import HttpProtocol
 from callfs.http.router import HSTS, SECURITY_HEADERS, Router
+from callfs.http.sending import FILE_CHUNK
 from callfs.locks.local import LocalLockManager
 from callfs.locks.redis import RedisLockManager
 from callfs.metadata.cache import CachedStore, open_table
@@ -54,6 +60,9 @@ RECOVERY_MIN_AGE = 60.0
 # previous process's, never a write in flight.
 _started_ns = 0
 _data_lock: datadir.DataLock | None = None  # held for the life of the master, and its workers
+_limits: RateLimiter | None = None  # API.md §11's buckets: one table for every worker
+_tls_context: ssl.SSLContext | None = None  # the master's, inherited by its workers
+tls_downloads: str | None = None  # how TLS downloads travel, for the start-up summary
 GIL_SWITCH_SECONDS = 0.0002
 IDLE_SECONDS = 120.0
 _RESTART_WINDOW = 10.0
@@ -91,14 +100,14 @@ class ServerState:
 # -- preparation (master) --------------------------------------------------------------------
 
 def _ssl_context(cfg) -> ssl.SSLContext | None:
+    """The API port's TLS context (callfs/http/tls.py), or None for plain HTTP. Built by the
+    master before it forks: the workers inherit it, session-ticket keys included."""
     if not config.uses_tls(cfg.server):
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(cfg.server.cert_file, cfg.server.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"failed to load TLS certificate: {exc}") from exc
-    return context
+        return tls.server_context(cfg.server.cert_file, cfg.server.key_file)
+    except tls.CertificateError as exc:
+        raise StartupError(f"cannot load the TLS certificate: {exc}") from None
 
 
 def listen_socket(addr: str, *, bind_only: bool = False) -> socket.socket:
@@ -282,12 +291,14 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
                          engine.rules.accounts)
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
     router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine),
-                    system=SystemAPI(TransferAPI(engine)))
+                    system=SystemAPI(TransferAPI(engine)), limits=_limits)
+    router.links = LinksAPI(Links(engine, cfg.auth.single_use_link_secret),
+                            cfg.server.external_url)
     hot = hot_path(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
     REGISTRY.register(AttributeCounter("callfs_hot_path_responses",
                                        "GET/HEAD answered from the metadata cache in one write",
                                        hot, "answered"))
-    context = _ssl_context(cfg)
+    context = _tls_context
     state = ServerState(router, loop, tls=context is not None, hot=hot,
                         read_timeout=cfg.server.read_timeout, write_timeout=cfg.server.write_timeout)
     server = await loop.create_server(lambda: HttpProtocol(state), sock=sock, ssl=context,
@@ -298,12 +309,15 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     sweeper = loop.create_task(state.sweep_forever())
     first = cfg.dlm.lock_ttl + 5 if cfg.dlm.type == "redis" else RECOVERY_INTERVAL
     recovery = loop.create_task(_recover_forever(engine, first, _started_ns))
+    # Every worker sweeps links: a sweep is idempotent, and each one's timing is spread.
+    link_sweeper = loop.create_task(sweep_links_forever(store))
     log.info("serving", extra={"pid": os.getpid(), "listen": cfg.server.listen_addr,
-                               "tls": context is not None})
+                               "tls": context is not None, "tls_downloads": tls_downloads})
     await stop.wait()
     await _drain(server, state)
     sweeper.cancel()
     recovery.cancel()
+    link_sweeper.cancel()
     await locks.close()
     await store.close()
 
@@ -343,13 +357,15 @@ def serve(loaded, workers: int | None = None, announce=None) -> int:
     for warning in loaded.warnings:
         log.warning("configuration", extra={"detail": warning})
     workers = workers or os.cpu_count() or 1
-    global _started_ns, _data_lock
+    global _started_ns, _data_lock, _tls_context, tls_downloads, _limits
     _started_ns = time.time_ns()
     try:
         problem = config.unavailable(cfg)
         if problem:
             raise StartupError(problem)
-        _ssl_context(cfg)
+        _tls_context = _ssl_context(cfg)
+        if _tls_context is not None:
+            tls_downloads = tls.download_path(FILE_CHUNK)
         _probe_address(cfg.server.listen_addr)
         _data_lock = _lock_data(loaded)
         try:
@@ -358,6 +374,7 @@ def serve(loaded, workers: int | None = None, announce=None) -> int:
             raise StartupError(str(exc)) from None
         cfg = loaded.config
         lock_fd = LocalLockManager.shared_file()
+        _limits = RateLimiter()
         recovered = asyncio.run(_prepare(cfg, lock_fd))
         if recovered:
             log.info("recovered writes a crash interrupted", extra={"count": recovered})

@@ -29,14 +29,16 @@ from collections import deque
 
 import httptools
 
-from callfs._native.httphead import HeadState, valid_host
+from callfs._native.httphead import HeadState, random_id, valid_host
 from callfs._native.httphead import Reject as _Reject
 from callfs._native.stream import SpliceSink
 from callfs.domain.errors import BadRequest, ClientGone
 from callfs.http import flow
 from callfs.http.request import Body, Request
-from callfs.http.sending import BodySender
+from callfs.http.response import TEXT as _TEXT
 from callfs.http.response import Response, date_header, status_line
+from callfs.http.router import HSTS, SECURITY_HEADERS
+from callfs.http.sending import BodySender
 
 log = logging.getLogger("callfs.http")
 
@@ -67,10 +69,15 @@ class _Rejection:
         self.status = status
 
 
-def _rejection_bytes(status: int) -> bytes:
+def _rejection_bytes(status: int, tls: bool) -> bytes:
+    """A refusal written before any handler runs; it carries the headers of every response
+    (API.md §3) like the router's answers, with a fresh request id (the head was not read
+    whole, or not trusted)."""
     text = status_line(status)[9:-2] + b"\n"
-    return (status_line(status) + date_header() + b"Content-Type: text/plain; charset=utf-8\r\n"
-            + b"Content-Length: %d\r\n" % len(text) + _CLOSE + b"\r\n" + text)
+    return b"".join((status_line(status), date_header(), _TEXT,
+                     b"Content-Length: %d\r\n" % len(text), SECURITY_HEADERS,
+                     b"X-Request-ID: ", random_id(), b"\r\n", HSTS if tls else b"",
+                     _CLOSE, b"\r\n", text))
 
 
 class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
@@ -391,7 +398,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             while self.pipeline and not self.closed:
                 item = self.pipeline[0]
                 if isinstance(item, _Rejection):
-                    self.transport.write(_rejection_bytes(item.status))
+                    self.transport.write(_rejection_bytes(item.status, self.tls))
                     self.close()
                     return
                 try:
@@ -451,7 +458,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             if not self._upgrade:
                 # The parser did not see an upgrade (no `Connection: upgrade`): it would read
                 # the frames that follow as HTTP.
-                self.transport.write(_rejection_bytes(400))
+                self.transport.write(_rejection_bytes(400, self.tls))
                 self.close()
                 return False
             parts.append(b"\r\n")
@@ -544,7 +551,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             return
         if self._in_head:
             if state.read_timeout and now - self._head_start > state.read_timeout:
-                self.transport.write(_rejection_bytes(408))
+                self.transport.write(_rejection_bytes(408, self.tls))
                 self.close()
             return
         if self._idle_since:
