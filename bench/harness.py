@@ -23,7 +23,7 @@ import time
 import loadgen
 import report
 from servers import (BenchError, CallFS, Ceiling, CpuSnapshot, Nginx, RssSampler, Server,
-                     rss_kib, version)
+                     make_certificate, negotiated, rss_kib, version)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -33,7 +33,7 @@ SIZES = {"4k": 4 * KiB, "64k": 64 * KiB, "1m": MiB, "16m": 16 * MiB, "256m": 256
 URL_PREFIX = "/v1/files/bench"
 PUT_PREFIX = URL_PREFIX + "/put"
 PUT_TARGETS = 32  # distinct paths the PUT run rotates over, so it is not one lock's queue
-GROUPS = "abcdefw"
+GROUPS = "abcdefwt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Workload:
     rss: bool = False  # peak RSS goes into the table
     ceiling: bool = True  # the ceiling can serve it (GET/HEAD of a file <= 1 MiB)
     workers: int = 1  # 2: the unpinned run with two server processes
+    tls: bool = False  # over TLS (https), against nginx with the same certificate and suites
 
     @property
     def path(self) -> str:
@@ -74,7 +75,14 @@ def workloads(smoke: bool, only: set[str]) -> list[Workload]:
         Workload("d", "d", "HEAD 4 KiB, 64 conns", "HEAD", "4k", 64),
         Workload("e", "e", "PUT 1 MiB, 16 conns", "PUT", "1m", 16, rss=True, ceiling=False),
         Workload("f", "f", "GET 4 KiB, 1 conn", "GET", "4k", 1),
+        Workload("t-a", "t", "TLS GET 4 KiB, 64 conns", "GET", "4k", 64, ceiling=False,
+                 tls=True),
+        Workload("t-c", "t", f"TLS GET {large_title}, 4 conns", "GET", large, 4,
+                 by_bytes=True, rss=True, ceiling=False, tls=True),
     ]
+    if not smoke:
+        chosen.append(Workload("t-c-1g", "t", "TLS GET 1 GiB, 4 conns", "GET", "1g", 4,
+                               by_bytes=True, rss=True, ceiling=False, tls=True))
     if not smoke:
         chosen += [
             Workload("w-a", "w", "GET 4 KiB, 64 conns, 2 workers", "GET", "4k", 64, workers=2),
@@ -144,17 +152,18 @@ class Context:
     all_cpus: str
     results: list
     notes: list
+    negotiated: dict = dataclasses.field(default_factory=dict)  # server name -> TLS version, suite
 
 
 def load_callfs(server: CallFS, ctx: Context, names: set[str]) -> None:
     """Put the data set into CallFS through its API, unless an earlier session did."""
     for name in sorted(names, key=SIZES.__getitem__):
         file, path = ctx.files[name], f"{URL_PREFIX}/{name}"
-        status, _, _, headers = loadgen.fetch(server.port, path, ctx.key, "HEAD")
+        status, _, _, headers = loadgen.fetch(server.port, path, ctx.key, "HEAD", server.tls)
         announced = {k.lower(): v for k, v in headers.items()}.get("content-length")
         if status == 200 and announced == str(file.size):
             continue
-        status = loadgen.upload(server.port, path, ctx.key, file.path)
+        status = loadgen.upload(server.port, path, ctx.key, file.path, server.tls)
         if status not in (200, 201):
             raise BenchError(f"{server.name}: loading PUT {path} gave {status}")
 
@@ -162,9 +171,10 @@ def load_callfs(server: CallFS, ctx: Context, names: set[str]) -> None:
 def verify(server: Server, w: Workload, ctx: Context) -> None:
     file = ctx.files[w.file]
     if w.method == "GET":
-        loadgen.verify_get(server.name, server.port, w.path, ctx.key, file.size, file.sha256)
+        loadgen.verify_get(server.name, server.port, w.path, ctx.key, file.size, file.sha256,
+                           server.tls)
     elif w.method == "HEAD":
-        loadgen.verify_head(server.name, server.port, w.path, ctx.key, file.size)
+        loadgen.verify_head(server.name, server.port, w.path, ctx.key, file.size, server.tls)
     else:
         loadgen.verify_put(server.name, server.port, w.path, ctx.key, file.path, PUT_TARGETS,
                            file.sha256)
@@ -178,7 +188,7 @@ def wrk(server: Server, w: Workload, ctx: Context, duration: float) -> loadgen.W
     limit = ctx.duration + 60 if w.by_bytes else 10.0
     return loadgen.run_wrk(ctx.wrk, ctx.load_cpus if pinned else server.cpus, server.port,
                            w.path, w.method, w.connections, 1 if pinned else 2, duration,
-                           ctx.key, limit, *body)
+                           ctx.key, limit, *body, tls=w.tls)
 
 
 @dataclasses.dataclass
@@ -270,6 +280,7 @@ def measure(server: Server, w: Workload, ctx: Context) -> dict:
         "req_per_s": round(result.req_per_s, 1), "mb_per_s": round(mb, 1),
         "latency_us": result.latency_us, "errors": result.errors,
         "wrk_cpu_s": round(result.cpu_s, 2), **dataclasses.asdict(seen),
+        "tls": ctx.negotiated.get(server.name) if w.tls else None,
     }
 
 
@@ -277,6 +288,12 @@ def run_session(server: Server, chosen: list[Workload], ctx: Context) -> None:
     print(f"-- {server.name}, {server.workers} worker(s) on CPU {server.cpus}", file=sys.stderr)
     server.start()
     try:
+        if server.tls is not None:
+            ctx.negotiated[server.name] = found = negotiated(server.port, server.tls)
+            print(f"   TLS: {found['version']}, {found['cipher']}", file=sys.stderr)
+            seen = {(v["version"], v["cipher"]) for v in ctx.negotiated.values()}
+            if len(seen) > 1:
+                ctx.notes.append(f"the TLS servers negotiated different suites: {ctx.negotiated}")
         if isinstance(server, CallFS):
             load_callfs(server, ctx, {w.file for w in chosen if w.method != "PUT"})
             # The data set was just written: let its write-back finish before anything is
@@ -312,6 +329,8 @@ def plan(args, chosen: list[Workload], tmp: str, key: str, cpus: dict) -> list:
         return Ceiling(sys.executable, args.ceiling, os.path.join(tmp, "ceiling-files"),
                        workdir("ceiling"), cpu, mode)
 
+    tls = [w for w in pinned if w.tls]
+    pinned = [w for w in pinned if not w.tls]
     if pinned:
         cpu = cpus["server"]
         sessions.append((Nginx(args.nginx, nginx_root, workdir("nginx"), cpu), pinned))
@@ -324,6 +343,13 @@ def plan(args, chosen: list[Workload], tmp: str, key: str, cpus: dict) -> list:
         if puts:
             sessions.append((CallFS(args.callfs, callfs_data, key, workdir("callfs"), cpu,
                                     fsync=True), puts))
+    if tls:
+        # One certificate for both, made for this run.
+        cert, cpu = make_certificate(os.path.join(tmp, "tls")), cpus["server"]
+        sessions.append((Nginx(args.nginx, nginx_root, workdir("nginx-tls"), cpu,
+                               certificate=cert), tls))
+        sessions.append((CallFS(args.callfs, callfs_data, key, workdir("callfs-tls"), cpu,
+                                certificate=cert), tls))
     if doubled:
         cpu = cpus["all"]
         sessions.append((Nginx(args.nginx, nginx_root, workdir("nginx"), cpu, workers=2),
@@ -349,7 +375,7 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="tiny run that only proves the "
                    "machinery works: short runs, small files, no 1 GiB, no 2-worker run")
     p.add_argument("--only", metavar="LETTERS", help="comma-separated workload letters "
-                   f"({','.join(GROUPS)}; w = the 2-worker run)")
+                   f"({','.join(GROUPS)}; w = the 2-worker run, t = the TLS rows)")
     p.add_argument("--json", metavar="PATH", help="where to write the raw results (default: "
                    "bench/results/bench-<time>.json)")
     # Filled in by ci/bench.sh.

@@ -42,12 +42,14 @@ class WrkResult:
 
 def run_wrk(wrk: str, cpus: str, port: int, path: str, method: str, connections: int,
             threads: int, duration: float, key: str, latency_limit: float,
-            body_file: str | None = None, targets: int = 0) -> WrkResult:
+            body_file: str | None = None, targets: int = 0, tls: bool = False) -> WrkResult:
     """One wrk run. latency_limit (s) sizes wrk's latency histogram; slower answers count as
-    timeouts, so it must exceed the slowest expected request."""
+    timeouts, so it must exceed the slowest expected request. tls: an https URL (wrk does
+    not verify the certificate)."""
+    scheme = "https" if tls else "http"
     argv = ["taskset", "-c", cpus, wrk, f"-t{threads}", f"-c{connections}",
             f"-d{duration:g}s", f"--timeout={latency_limit:g}s", "-s", _SCRIPT,
-            "-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:{port}{path}",
+            "-H", f"Authorization: Bearer {key}", f"{scheme}://127.0.0.1:{port}{path}",
             "--", method]
     if body_file is not None:
         argv += [body_file, str(targets)]
@@ -80,9 +82,11 @@ def _headers(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-def fetch(port: int, path: str, key: str, method: str = "GET") -> tuple[int, int, str, dict]:
-    """Status, body length, SHA-256 of the body and headers, reading the body in chunks."""
-    conn = connection(port)
+def fetch(port: int, path: str, key: str, method: str = "GET",
+          tls=None) -> tuple[int, int, str, dict]:
+    """Status, body length, SHA-256 of the body and headers, reading the body in chunks.
+    tls: the client context of a TLS server (here and below)."""
+    conn = connection(port, tls=tls)
     try:
         conn.request(method, path, headers=_headers(key))
         resp = conn.getresponse()
@@ -95,9 +99,9 @@ def fetch(port: int, path: str, key: str, method: str = "GET") -> tuple[int, int
         conn.close()
 
 
-def upload(port: int, path: str, key: str, source: str) -> int:
+def upload(port: int, path: str, key: str, source: str, tls=None) -> int:
     """PUT a file's bytes, streamed; returns the status."""
-    conn = connection(port)
+    conn = connection(port, tls=tls)
     try:
         with open(source, "rb") as body:
             headers = _headers(key) | {"Content-Length": str(os.path.getsize(source)),
@@ -110,15 +114,16 @@ def upload(port: int, path: str, key: str, source: str) -> int:
         conn.close()
 
 
-def verify_get(server: str, port: int, path: str, key: str, size: int, sha256: str) -> None:
-    status, length, digest, _ = fetch(port, path, key)
+def verify_get(server: str, port: int, path: str, key: str, size: int, sha256: str,
+               tls=None) -> None:
+    status, length, digest, _ = fetch(port, path, key, tls=tls)
     if status != 200 or length != size or digest != sha256:
         raise BenchError(f"{server}: GET {path} gave {status} with {length} bytes "
                          f"(want 200 with the {size} bytes of the data set)")
 
 
-def verify_head(server: str, port: int, path: str, key: str, size: int) -> None:
-    status, length, _, headers = fetch(port, path, key, "HEAD")
+def verify_head(server: str, port: int, path: str, key: str, size: int, tls=None) -> None:
+    status, length, _, headers = fetch(port, path, key, "HEAD", tls=tls)
     announced = {k.lower(): v for k, v in headers.items()}.get("content-length")
     if status != 200 or length != 0 or announced != str(size):
         raise BenchError(f"{server}: HEAD {path} gave {status}, Content-Length {announced}, "

@@ -3,12 +3,14 @@
 Each one runs in a session of its own (so that stopping it reaches its workers too), on
 127.0.0.1 only, on the CPUs it is given through taskset. The harness starts one at a time.
 """
+import dataclasses
 import http.client
 import json
 import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -31,9 +33,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def connection(port: int, timeout: float = 120.0) -> http.client.HTTPConnection:
+def connection(port: int, timeout: float = 120.0,
+               tls: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
     # Large uploads go out in 1 MiB writes instead of http.client's default 8 KiB.
+    if tls is not None:
+        return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
+                                           blocksize=1 << 20, context=tls)
     return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, blocksize=1 << 20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    """The run's self-signed certificate for 127.0.0.1: nginx and CallFS serve the same one."""
+    cert: str
+    key: str
+
+    def client(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.cert)
+
+
+def make_certificate(directory: str) -> Certificate:
+    os.makedirs(directory, exist_ok=True)
+    cert, key = os.path.join(directory, "server.crt"), os.path.join(directory, "server.key")
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"cannot make the TLS certificate with openssl: {exc}") from exc
+    return Certificate(cert, key)
+
+
+def negotiated(port: int, tls: ssl.SSLContext) -> dict:
+    """What a default client gets from the server: the TLS version and the cipher suite."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with tls.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            return {"version": sock.version(), "cipher": sock.cipher()[0]}
 
 
 class Process:
@@ -202,17 +238,21 @@ class Server:
 
     column = ""  # which column of the table: nginx, ceiling or callfs
 
-    def __init__(self, workdir: str, cpus: str, workers: int = 1, variant: str = ""):
+    def __init__(self, workdir: str, cpus: str, workers: int = 1, variant: str = "",
+                 certificate: Certificate | None = None):
         self.workdir = workdir
         self.cpus = cpus
         self.workers = workers
         self.variant = variant
+        self.certificate = certificate  # serve TLS with it
+        self.tls = certificate.client() if certificate is not None else None
         self.port = 0  # chosen at start, so that it is still free then
         self.process: Process | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.column} ({self.variant})" if self.variant else self.column
+        name = f"{self.column} ({self.variant})" if self.variant else self.column
+        return name + " over TLS" if self.certificate is not None else name
 
     def argv(self) -> list[str]:
         raise NotImplementedError
@@ -234,7 +274,7 @@ class Server:
             if not self.process.alive():
                 raise BenchError(f"{self.name} exited at start:\n{self.process.log_tail()}")
             try:
-                conn = connection(self.port, timeout=2.0)
+                conn = connection(self.port, timeout=2.0, tls=self.tls)
                 conn.request("GET", self.ready_path())
                 status = conn.getresponse().status
                 conn.close()
@@ -257,8 +297,9 @@ class Nginx(Server):
 
     column = "nginx"
 
-    def __init__(self, binary: str, root: str, workdir: str, cpus: str, workers: int = 1):
-        super().__init__(workdir, cpus, workers)
+    def __init__(self, binary: str, root: str, workdir: str, cpus: str, workers: int = 1,
+                 certificate: Certificate | None = None):
+        super().__init__(workdir, cpus, workers, certificate=certificate)
         self.binary = binary
         self.root = root
 
@@ -267,9 +308,19 @@ class Nginx(Server):
             text = f.read()
         # Workers of a root master switch to "nobody", who could not write the PUT targets.
         user = "user root;" if os.geteuid() == 0 else ""
+        ssl_listen, tls = "", ""
+        if self.certificate is not None:
+            # CallFS's own protocols and TLS 1.2 suites (TLS 1.3: OpenSSL's defaults, as in
+            # CallFS), the same certificate.
+            from callfs.http.tls import CIPHERS
+
+            ssl_listen = " ssl"
+            tls = "\n".join([f"ssl_certificate {self.certificate.cert};",
+                              f"ssl_certificate_key {self.certificate.key};",
+                              "ssl_protocols TLSv1.2 TLSv1.3;", f"ssl_ciphers {CIPHERS};"])
         for field, value in (("@USER@", user), ("@WORKERS@", str(self.workers)),
                              ("@TMP@", self.workdir), ("@PORT@", str(self.port)),
-                             ("@ROOT@", self.root)):
+                             ("@ROOT@", self.root), ("@SSL@", ssl_listen), ("@TLS@", tls)):
             text = text.replace(field, value)
         conf = os.path.join(self.workdir, "nginx.conf")
         with open(conf, "w") as f:
@@ -301,8 +352,9 @@ class CallFS(Server):
     column = "callfs"
 
     def __init__(self, binary: str, data: str, key: str, workdir: str, cpus: str,
-                 workers: int = 1, fsync: bool = False):
-        super().__init__(workdir, cpus, workers, variant="fsync on" if fsync else "fsync off")
+                 workers: int = 1, fsync: bool = False, certificate: Certificate | None = None):
+        super().__init__(workdir, cpus, workers, "fsync on" if fsync else "fsync off",
+                         certificate)
         self.binary = binary
         self.data = data
         self.key = key
@@ -314,11 +366,16 @@ class CallFS(Server):
     def config(self) -> str:
         """The YAML configuration; every value is written as a JSON string or literal."""
         q = json.dumps
+        if self.certificate is None:
+            tls = ['  protocol: "http"', f"  external_url: {q(f'http://127.0.0.1:{self.port}')}"]
+        else:
+            tls = ['  protocol: "https"', f"  external_url: {q(f'https://127.0.0.1:{self.port}')}",
+                   f"  cert_file: {q(self.certificate.cert)}",
+                   f"  key_file: {q(self.certificate.key)}"]
         return "\n".join([
             "server:",
             f"  listen_addr: {q(f'127.0.0.1:{self.port}')}",
-            '  protocol: "http"',
-            f"  external_url: {q(f'http://127.0.0.1:{self.port}')}",
+            *tls,
             "auth:",
             "  api_key_users:",
             f"    bench: {q(self.key)}",

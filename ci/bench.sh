@@ -60,6 +60,8 @@ if ! "$NGINX" -V 2>&1 | grep -q -- --with-http_dav_module; then
     echo "$NGINX lacks the DAV module (install nginx-light)" >&2
     exit 1
 fi
+# The TLS rows' certificate is made with the openssl command.
+command -v openssl >/dev/null || apt_install openssl
 
 # -- wrk: Debian's source with our patch, built once per patch --------------------------------
 PATCH_HASH=$(sha256sum bench/wrk-head.patch | cut -c1-16)
