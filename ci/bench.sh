@@ -168,5 +168,13 @@ else
     CEILING=
 fi
 
-exec "$VENV/bin/python" bench/harness.py --wrk "$WRK" --nginx "$NGINX" \
+"$VENV/bin/python" bench/harness.py --wrk "$WRK" --nginx "$NGINX" \
     --callfs "$(realpath "$VENV/bin/callfs")" --ceiling "$CEILING" "$@"
+
+# -- the link row: link downloads against keyed GETs of the same file (bench/links.py) --------
+# Runs with the whole suite (not with --only); --smoke makes it small too.
+LINK_ARGS=()
+for arg in "$@"; do
+    case $arg in --only | --only=*) exit 0 ;; --smoke) LINK_ARGS+=(--smoke) ;; esac
+done
+exec "$VENV/bin/python" bench/links.py --callfs "$(realpath "$VENV/bin/callfs")" "${LINK_ARGS[@]}"
