@@ -8,5 +8,6 @@ cdef class Principal:
 
 
 cpdef bint allows(Principal who, object inode, int want)
+cdef bint allows_bits(Principal who, long mode, str owner, str group, int want)
 cpdef bint may_remove(Principal who, object parent, object entry)
 cpdef tuple reach(Principal who, list chain)

@@ -54,13 +54,17 @@ cdef class Principal:
 
 
 cpdef bint allows(Principal who, object inode, int want):
+    return allows_bits(who, inode.mode, inode.owner, inode.group, want)
+
+
+cdef bint allows_bits(Principal who, long mode, str owner, str group, int want):
+    """`allows` over an entry's attributes already read out of it (the read view's)."""
     if who.admin:
         return True
-    cdef long mode = inode.mode
     cdef long bits
-    if inode.owner == who.user:
+    if owner == who.user:
         bits = mode >> 6
-    elif inode.group in who.groups:
+    elif group in who.groups:
         bits = mode >> 3
     else:
         bits = mode

@@ -4,6 +4,14 @@ from callfs._native.generations cimport GenerationTable
 from callfs._native.perm cimport Principal
 
 
+cdef class CacheEntry:
+    cdef object _inode
+    cdef public long long stamp
+    cdef readonly long mode
+    cdef readonly str owner, group
+    cdef readonly bint is_file
+
+
 cdef class ReadView:
     cdef dict entries          # the metadata cache's exact entries: path -> CacheEntry
     cdef GenerationTable table  # whose stamps say whether an entry is still exact

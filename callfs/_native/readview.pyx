@@ -24,12 +24,34 @@ The plain-Python specification is tests/unit/readview_oracle.py.
 """
 from callfs._native.generations cimport GenerationTable
 from callfs._native.pathnorm cimport ancestors
-from callfs._native.perm cimport Principal, allows
+from callfs._native.perm cimport Principal, allows_bits
 
 cdef int _READ = 4
 cdef int _SEARCH = 1
 
 cdef str _FILE = "file"  # Inode.type of a file (callfs.domain.model.FILE)
+
+
+cdef class CacheEntry:
+    """A cached inode and the generation stamp taken before it was read (the metadata cache's,
+    callfs/metadata/cache.py). The attributes a permission check reads are copied out of the
+    inode once, when it is cached, so each request reads C fields."""
+
+    def __init__(self, inode, long long stamp):
+        self.inode = inode
+        self.stamp = stamp
+
+    @property
+    def inode(self):
+        return self._inode
+
+    @inode.setter
+    def inode(self, value):
+        self._inode = value
+        self.mode = value.mode
+        self.owner = value.owner
+        self.group = value.group
+        self.is_file = value.type == _FILE
 
 
 cdef class Kept:
@@ -66,21 +88,22 @@ cdef class ReadView:
 
     cpdef object ready(self, Principal principal, str path):
         """The prepared answer for the file at `path` as `principal` may read it now, or None."""
-        entry = self.entries.get(path)
-        if entry is None:
+        found = self.entries.get(path)
+        if found is None:
             return None
+        cdef CacheEntry entry = <CacheEntry?>found
         cdef long long stamp = entry.stamp
         if not self.table.unchanged(path, stamp):
             return None
-        inode = entry.inode
-        if inode.type != _FILE:
+        if not entry.is_file:
             return None
+        inode = entry._inode
         owner = inode.instance_id
         if owner is not None and owner != self.instance_id:
             return None
         kept = self.kept.get(path)
         if self.unix_model and not principal.admin:
-            if not allows(principal, inode, _READ):
+            if not allows_bits(principal, entry.mode, entry.owner, entry.group, _READ):
                 return None
             if not self._searchable(principal, (<Kept>kept).chain if kept is not None
                                     else ancestors(path)):
@@ -94,11 +117,15 @@ cdef class ReadView:
     cdef bint _searchable(self, Principal principal, object chain):
         """Every ancestor cached exactly, a directory the principal may search."""
         cdef dict entries = self.entries
+        cdef CacheEntry entry
         for parent in chain:
-            entry = entries.get(parent)
-            if entry is None or not self.table.unchanged(parent, entry.stamp):
+            found = entries.get(parent)
+            if found is None:
                 return False
-            if not allows(principal, entry.inode, _SEARCH) or entry.inode.type == _FILE:
+            entry = <CacheEntry?>found
+            if not self.table.unchanged(parent, entry.stamp) or entry.is_file:
+                return False
+            if not allows_bits(principal, entry.mode, entry.owner, entry.group, _SEARCH):
                 return False
         return True
 

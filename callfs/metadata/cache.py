@@ -16,21 +16,11 @@ import contextlib
 import os
 
 from callfs._native.generations import GenerationTable, table_bytes
-from callfs._native.readview import ReadView
+from callfs._native.readview import CacheEntry, ReadView  # noqa: F401 (CacheEntry: re-exported)
 from callfs.domain.model import DIRECTORY
 
 DEFAULT_SLOTS = 1 << 16
 DEFAULT_CAPACITY = 100_000
-
-
-class CacheEntry:
-    """A cached inode and the generation stamp taken before it was read."""
-
-    __slots__ = ("inode", "stamp")
-
-    def __init__(self, inode, stamp: int):
-        self.inode = inode
-        self.stamp = stamp
 
 
 def open_table(path: str, slots: int = DEFAULT_SLOTS) -> GenerationTable:
