@@ -2,13 +2,16 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE = ["pathnorm", "stream", "generations", "fsops", "readview", "httphead", "perm"]
+NATIVE = ["pathnorm", "stream", "generations", "fsops", "readview", "httphead", "perm", "token", "ratelimit"]
+# Extensions that link a system library: token signs with OpenSSL's libcrypto.
+LIBRARIES = {"token": ["crypto"]}
 
 extensions = [
     Extension(
         f"callfs._native.{name}",
         [f"callfs/_native/{name}.pyx"],
         extra_compile_args=["-O2"],
+        libraries=LIBRARIES.get(name, []),
     )
     for name in NATIVE
 ]

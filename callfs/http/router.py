@@ -2,6 +2,7 @@
 response carries (API.md §1–§5). Errors raised below are rendered here, once."""
 import logging
 import re
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
@@ -10,6 +11,7 @@ from callfs._native.pathnorm import MalformedURL, PathError, normalize_url_path
 from callfs.domain import errors
 from callfs.domain.errors import CallFSError, ClientGone
 from callfs.http.response import JSON, Response, header_lines, text_response
+from callfs.http.ratelimit import DOWNLOAD, LINKS_GENERATE, peer_ip, too_many
 
 log = logging.getLogger("callfs.http")
 
@@ -32,6 +34,9 @@ _NOT_FOUND = "404 page not found\n"
 _FILES, _FILES_SLASH = b"/v1/files", b"/v1/files/"
 _WS = b"/v1/files/ws/"
 _DIRS, _DIRS_SLASH = b"/v1/directories", b"/v1/directories/"
+_LINKS_GENERATE = b"/v1/links/generate"
+_DOWNLOAD = b"/download/"
+_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")  # a malformed percent escape
 _FILE_METHODS = {b"GET": "get", b"HEAD": "head", b"POST": "post", b"PUT": "put",
                  b"DELETE": "delete", b"PATCH": "patch"}
 
@@ -48,11 +53,13 @@ def method_not_allowed(*allowed: str) -> Response:
 
 
 class Router:
-    def __init__(self, *, auth, files, directories, system):
+    def __init__(self, *, auth, files, directories, system, links=None, limits=None):
         self.auth = auth
         self.files = files
         self.directories = directories
         self.system = system
+        self.links = links
+        self.limits = limits  # the instance's RateLimiter (callfs/_native/ratelimit.pyx)
 
     async def __call__(self, request) -> Response:
         given = request.headers.get(b"x-request-id")
@@ -87,6 +94,8 @@ class Router:
             if method != b"GET":
                 return method_not_allowed("GET")
             return Response(200, JSON, _HEALTH_BODY)
+        if raw.startswith(_DOWNLOAD):
+            return await self._download(request, raw[len(_DOWNLOAD):], method)
         if raw == b"/metrics":
             request.principal = self._identify(request)
             return await self.system.metrics(request)
@@ -113,8 +122,31 @@ class Router:
                 self._identify_first(request)
                 return method_not_allowed("GET")
             return await self._with_path(request, raw, len(_DIRS), self.directories.get)
+        if raw == _LINKS_GENERATE:
+            self._identify_first(request)
+            if method != b"POST":
+                return method_not_allowed("POST")
+            if not self.limits.allow(LINKS_GENERATE, peer_ip(request)):  # after auth (§11)
+                return too_many()
+            return await self.links.generate(request)
         self._identify_first(request)
         return text_response(404, _NOT_FOUND)
+
+    async def _download(self, request, token: bytes, method: bytes) -> Response:
+        """`/download/{token}` (API.md §10.3): one non-empty segment, GET only."""
+        if b"%" in token:
+            if _ESCAPE.search(token):
+                return Response(400, b"Content-Type: text/plain; charset=utf-8\r\n",
+                                b"400 Bad Request", close=True)
+            token = unquote_to_bytes(token)
+        if not token or b"/" in token:
+            return text_response(404, _NOT_FOUND)
+        if method != b"GET":
+            return method_not_allowed("GET")
+        ip = peer_ip(request)
+        if not self.limits.allow(DOWNLOAD, ip):  # before anything else (API.md §10.3)
+            return too_many()
+        return await self.links.download(request, token, ip or None)
 
     def _identify_first(self, request) -> None:
         request.principal = self._identify(request)
