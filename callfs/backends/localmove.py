@@ -62,6 +62,7 @@ class LocalMove:
             dst_dir, dst_name = backend.parent_dir(self.dst, True)
             try:
                 if self.replace:
+                    _check_replaced(dst_dir, dst_name, self.dst)
                     rename_exchange(src_dir, src_name, dst_dir, dst_name)
                 else:
                     _rename_into_free_name(src_dir, src_name, dst_dir, dst_name)
@@ -116,6 +117,18 @@ def _put_back(backend, src: str, dst: str, replace: bool, identity) -> None:
 def _holds(backend, path: str, identity) -> bool:
     info = backend.lstat(path)
     return info is not None and (info[1], info[2]) == identity
+
+
+def _check_replaced(dir_fd: int, name: str, path: str) -> None:
+    """What a move replaces must be a file or a directory: a link (or anything else) at the
+    name is not the replaced entry's bytes, and is left as it is."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return  # nothing to replace: the exchange says so
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise errors.StorageInconsistent(
+            f"{path}: not a file or directory on disk (mode {stat.filemode(mode)})")
 
 
 def _rename_into_free_name(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
