@@ -9,6 +9,7 @@ from callfs.api.shapes import validators
 from callfs.domain import errors
 from callfs.domain.model import rfc3339_nanos
 from callfs.http.conditional import UNSATISFIABLE, if_range_matches, parse_range, select_range
+from callfs.http.request import read_limited
 from callfs.http.response import OCTETS, Response, header_lines, json_response
 
 MAX_BODY = 4096  # API.md §2: a larger link request is invalid JSON
@@ -103,15 +104,10 @@ async def _read_link_request(body) -> tuple[str, int]:
     """(path, expiry_seconds) of a link request: the first JSON value of at most 4096 bytes,
     an object whose `path` is a string and `expiry_seconds` an integer (null or absent: ""
     and 0). Every other shape is a 400, before anything else is checked (API.md §10.1)."""
-    if body.expected is not None and body.expected > MAX_BODY:
+    raw = await read_limited(body, MAX_BODY)
+    if raw is None:
         raise errors.BadRequest(_INVALID_JSON)
-    chunks, size = [], 0
-    while chunk := await body.read():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise errors.BadRequest(_INVALID_JSON)
-        chunks.append(chunk)
-    text = b"".join(chunks).decode("utf-8", "replace").lstrip(" \t\r\n")
+    text = raw.decode("utf-8", "replace").lstrip(" \t\r\n")
     try:
         value, _ = _DECODER.raw_decode(text)  # only the first value counts
     except ValueError:

@@ -7,6 +7,7 @@ from callfs.core.moves import MoveRequest
 from callfs.core.permissions import parse_mode
 from callfs.domain import errors
 from callfs.domain.model import Attributes
+from callfs.http.request import read_limited
 
 MAX_BODY = 1024 * 1024
 _INVALID_JSON = "invalid JSON body"
@@ -70,14 +71,11 @@ def _attributes(fields: dict) -> Attributes:
 
 
 async def _json_object(body) -> dict:
-    chunks, size = [], 0
-    while chunk := await body.read():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise errors.BadRequest(_INVALID_JSON)
-        chunks.append(chunk)
+    raw = await read_limited(body, MAX_BODY)
+    if raw is None:
+        raise errors.BadRequest(_INVALID_JSON)
     try:
-        fields = orjson.loads(b"".join(chunks))
+        fields = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise errors.BadRequest(_INVALID_JSON) from None
     if not isinstance(fields, dict):

@@ -85,18 +85,17 @@ class Engine:
             raise errors.PermissionDenied()
 
     async def _get_many(self, paths: list[str]) -> dict[str, Inode]:
-        if self.metadata_timeout is None:
-            return await self.store.get_many(paths)
-        try:
-            return await asyncio.wait_for(self.store.get_many(paths), self.metadata_timeout)
-        except TimeoutError:
-            raise errors.ServiceUnavailable("metadata store timed out") from None
+        return await self._metadata(self.store.get_many(paths))
 
     async def _get(self, path: str) -> Inode | None:
+        return await self._metadata(self.store.get(path))
+
+    async def _metadata(self, lookup):
+        """A metadata lookup within `server.metadata_op_timeout` (503 when it runs over)."""
         if self.metadata_timeout is None:
-            return await self.store.get(path)
+            return await lookup
         try:
-            return await asyncio.wait_for(self.store.get(path), self.metadata_timeout)
+            return await asyncio.wait_for(lookup, self.metadata_timeout)
         except TimeoutError:
             raise errors.ServiceUnavailable("metadata store timed out") from None
 

@@ -133,6 +133,20 @@ class Body:
         self._conn.resume_body(self)
 
 
+async def read_limited(body, limit: int) -> bytes | None:
+    """The whole of a small body (a JSON request), or None once it proves longer than
+    `limit` bytes: announced so, or sent so (reading stops there)."""
+    if body.expected is not None and body.expected > limit:
+        return None
+    chunks, size = [], 0
+    while chunk := await body.read():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _write_all(fd: int, data) -> int:
     view = memoryview(data)
     while view:

@@ -29,6 +29,20 @@ KEYS = {
     "bob": "bob-key-0123456789abcdef",
 }
 POSITIONAL_KEY = "positional-key-0123456789"
+
+# API.md §3: on every response of the API router.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; object-src 'none'; base-uri 'self'; "
+                               "form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "strict-origin-when-cross-origin",
+    "permissions-policy": "geolocation=(), microphone=(), camera=(), payment=(), usb=(), "
+                          "magnetometer=(), gyroscope=(), accelerometer=()",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-embedder-policy": "require-corp",
+}
 INTERNAL_SECRET = "internal-secret-0123456789"
 
 

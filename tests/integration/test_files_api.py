@@ -14,7 +14,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import INTERNAL_SECRET, KEYS, POSITIONAL_KEY, shared
+from conftest import INTERNAL_SECRET, KEYS, POSITIONAL_KEY, SECURITY_HEADERS, shared
 
 AUTH_FAILED = b'{"code":"AUTHENTICATION_FAILED","message":"authentication failed"}'
 DENIED = {"code": "PERMISSION_DENIED", "message": "permission denied"}
@@ -22,19 +22,6 @@ MTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 INFO_FIELDS = {"name", "path", "type", "size", "mode", "owner", "group", "mtime"}
 
-# API.md §3: on every response of the API router.
-SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' data:; object-src 'none'; base-uri 'self'; "
-                               "form-action 'self'",
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "strict-origin-when-cross-origin",
-    "permissions-policy": "geolocation=(), microphone=(), camera=(), payment=(), usb=(), "
-                          "magnetometer=(), gyroscope=(), accelerometer=()",
-    "cross-origin-opener-policy": "same-origin",
-    "cross-origin-embedder-policy": "require-corp",
-}
 
 
 def url(path: str) -> str:

@@ -19,25 +19,15 @@ import time
 
 import pytest
 
-from conftest import KEYS, Server, cli_env, free_port, random_bytes, write_config
+from conftest import (KEYS, SECURITY_HEADERS, Server, cli_env, free_port, random_bytes,
+                      write_config)
 from rawhttp import RawConnection, request_bytes
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 KEY = KEYS["alice"]
 AUTH = {"Authorization": f"Bearer {KEY}"}
-SECURITY = {
-    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' data:; object-src 'none'; base-uri 'self'; "
-                               "form-action 'self'",
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "strict-origin-when-cross-origin",
-    "permissions-policy": "geolocation=(), microphone=(), camera=(), payment=(), usb=(), "
-                          "magnetometer=(), gyroscope=(), accelerometer=()",
-    "cross-origin-opener-policy": "same-origin",
-    "cross-origin-embedder-policy": "require-corp",
-}
+SECURITY = SECURITY_HEADERS
 HSTS = "max-age=31536000; includeSubDomains; preload"
 MiB = 1 << 20
 

@@ -4,14 +4,12 @@ The oracle keeps its counters in a dict; the native table keeps them in a shared
 Single-process sequences must give identical results; forked processes that map the same file
 must see each other's writes (bounded waits; every child is reaped).
 """
-import faulthandler
 import os
 import signal
 import struct
 import sys
 import tempfile
 import time
-import traceback
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -22,9 +20,9 @@ if _HERE not in sys.path:  # the oracle sits beside this file
     sys.path.insert(0, _HERE)
 
 import generations_oracle as oracle  # noqa: E402
+from children import WAIT, reap, run_in_child, start_child  # noqa: E402,F401
 from callfs._native import generations as native  # noqa: E402
 
-WAIT = 10.0  # seconds a child may take before the test kills it and fails
 IMPLEMENTATIONS = {"native": native, "oracle": oracle}
 
 
@@ -56,42 +54,6 @@ def outcome(call, *args):
 
 
 # --- processes --------------------------------------------------------------------------------
-
-def start_child(body):
-    """Fork a child that runs `body()`; exit status 0 when it returns, 1 when it raises."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        faulthandler.disable()  # a crash is the parent's finding, reported by its status
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid, timeout=WAIT):
-    """The child's wait status; a child still running after `timeout` is killed and fails."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"child {pid} did not finish in {timeout} s")
-        time.sleep(0.001)
-
-
-def run_in_child(body):
-    status = reap(start_child(body))
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return os.WEXITSTATUS(status)
 
 
 def open_table(path, slots):

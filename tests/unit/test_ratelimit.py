@@ -5,7 +5,6 @@ both. Forked processes that hammer one address share one bucket: together they g
 tokens it holds. A process killed while it holds a group's lock leaves the table usable
 (bounded waits; every child is reaped).
 """
-import faulthandler
 import ipaddress
 import mmap
 import os
@@ -15,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -26,9 +24,9 @@ if _HERE not in sys.path:  # the oracle sits beside this file
     sys.path.insert(0, _HERE)
 
 import ratelimit_oracle as oracle  # noqa: E402
+from children import WAIT, reap, run_in_child, start_child  # noqa: E402,F401
 from callfs._native import ratelimit as native  # noqa: E402
 
-WAIT = 10.0  # seconds a child may take before the test kills it and fails
 MS = 1_000_000
 S = 1_000_000_000
 T0 = 1_000 * S  # a monotonic time well past zero
@@ -47,42 +45,6 @@ def outcome(call, *args):
 
 
 # --- processes --------------------------------------------------------------------------------
-
-def start_child(body):
-    """Fork a child that runs `body()`; exit status 0 when it returns, 1 when it raises."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        faulthandler.disable()  # a crash is the parent's finding, reported by its status
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid, timeout=WAIT):
-    """The child's wait status; a child still running after `timeout` is killed and fails."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"child {pid} did not finish in {timeout} s")
-        time.sleep(0.001)
-
-
-def run_in_child(body):
-    status = reap(start_child(body))
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return os.WEXITSTATUS(status)
 
 
 def dead_pid():
