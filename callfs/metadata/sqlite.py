@@ -59,6 +59,8 @@ class SQLiteStore:
         self._inline: sqlite3.Connection | None = None  # loop-thread writer, never waits
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callfs-sqlite")
         self._write_lock = threading.Lock()
+        self._redemptions: list = []  # link redemptions waiting for the next group's commit
+        self._redeeming: asyncio.Task | None = None
 
     def _connect(self, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
@@ -341,7 +343,41 @@ class SQLiteStore:
 
     async def consume_link(self, token: str, now_ns: int, ip: str | None,
                            verify) -> tuple[LinkOutcome, str | None]:
-        return await self._write(self._consume_link_tx, token, now_ns, ip, verify)
+        """Redemptions are committed in groups: those that arrive while one group's
+        transaction runs (or within one turn of the event loop) go in the next, one
+        transaction for all, each decided in turn as if alone (two of one token: the first
+        wins). One commit, one fsync where the store is durable, serves the whole group."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._redemptions.append((token, now_ns, ip, verify, future))
+        if self._redeeming is None:
+            self._redeeming = loop.create_task(self._redeem_groups())
+        return await asyncio.shield(future)
+
+    async def _redeem_groups(self) -> None:
+        try:
+            await asyncio.sleep(0)  # one turn: the redemptions read with this one join it
+            while self._redemptions:
+                group, self._redemptions = self._redemptions, []
+                try:
+                    outcomes = await self._write(self._consume_links_tx, group)
+                except BaseException as exc:
+                    for *_, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (*_, future), outcome in zip(group, outcomes):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._redeeming = None
+
+    @classmethod
+    def _consume_links_tx(cls, conn, group) -> list:
+        return [cls._consume_link_tx(conn, token, now_ns, ip, verify)
+                for token, now_ns, ip, verify, _ in group]
 
     @staticmethod
     def _consume_link_tx(conn, token: str, now_ns: int, ip: str | None,
