@@ -8,8 +8,8 @@ from callfs.api.moves import read_move_request
 from callfs.core.engine import Check, CrossServerConflict
 from callfs.core.permissions import parse_mode
 from callfs.domain.model import DIRECTORY, FILE, Inode
-from callfs.http.conditional import (UNSATISFIABLE, Preconditions, if_range_matches, parse_range,
-                                     select_range)
+from callfs.http.conditional import (UNSATISFIABLE, Preconditions, Validators, if_range_matches,
+                                     parse_range, select_range)
 from callfs.http.response import JSON, OCTETS, Response, json_response
 
 
@@ -51,6 +51,28 @@ def _range_not_satisfiable(size: int) -> Response:
     return Response(416, JSON + b"Content-Range: bytes */%d\r\n" % size, body)
 
 
+def file_content(request, headers: bytes, inode: Inode, handle,
+                 current: Validators | None = None) -> Response:
+    """An open file's bytes as a GET sends them, after the headers given (Content-Type on):
+    one satisfiable Range (honoured unless an If-Range no longer matches `current`, the
+    file's validators) → 206, an unsatisfiable one → 416, otherwise 200."""
+    requested = request.headers.get(b"range")
+    if requested is not None:
+        if_range = request.headers.get(b"if-range")
+        if if_range is None or if_range_matches(if_range, current or validators(inode)):
+            size = handle.size
+            chosen = select_range(parse_range(requested), size)
+            if chosen is UNSATISFIABLE:
+                handle.close()
+                return _range_not_satisfiable(size)
+            if chosen is not None:
+                start, end = chosen
+                part = b"Content-Range: bytes %d-%d/%d\r\n" % (start, end, size)
+                return Response(206, headers + part, file=handle, offset=start,
+                                length=end - start + 1)
+    return Response(200, headers, file=handle, length=handle.size)
+
+
 class FilesAPI:
     def __init__(self, engine, peer_endpoints: dict[str, str]):
         self.engine = engine
@@ -83,21 +105,7 @@ class FilesAPI:
             if not conditions.check_read(current):
                 handle.close()
                 return Response(304, headers)
-        requested = request.headers.get(b"range")
-        if requested is not None:
-            if_range = request.headers.get(b"if-range")
-            if if_range is None or if_range_matches(if_range, current or validators(inode)):
-                size = handle.size
-                chosen = select_range(parse_range(requested), size)
-                if chosen is UNSATISFIABLE:
-                    handle.close()
-                    return _range_not_satisfiable(size)
-                if chosen is not None:
-                    start, end = chosen
-                    part = b"Content-Range: bytes %d-%d/%d\r\n" % (start, end, size)
-                    return Response(206, OCTETS + headers + part, file=handle, offset=start,
-                                    length=end - start + 1)
-        return Response(200, OCTETS + headers, file=handle, length=handle.size)
+        return file_content(request, OCTETS + headers, inode, handle, current)
 
     async def head(self, request, path: str, trailing: bool) -> Response:
         """Like GET without a body; Range is ignored (RFC 9110 §14.2). A file's bytes are

@@ -5,10 +5,9 @@ import json
 from urllib.parse import quote
 
 from callfs._native.pathnorm import PathError, normalize_path, split_parent
-from callfs.api.shapes import validators
+from callfs.api.files import file_content
 from callfs.domain import errors
 from callfs.domain.model import rfc3339_nanos
-from callfs.http.conditional import UNSATISFIABLE, if_range_matches, parse_range, select_range
 from callfs.http.request import read_limited
 from callfs.http.response import OCTETS, Response, header_lines, json_response
 
@@ -70,23 +69,7 @@ def _file_response(request, inode, handle) -> Response:
     §10.3. Conditional headers are not honoured: a 304 would use the link up for nothing."""
     headers = OCTETS + header_lines([("Content-Disposition", content_disposition(inode.path))]) \
         + b"Accept-Ranges: bytes\r\n"
-    size = handle.size
-    requested = request.headers.get(b"range")
-    if requested is not None:
-        if_range = request.headers.get(b"if-range")
-        if if_range is None or if_range_matches(if_range, validators(inode)):
-            chosen = select_range(parse_range(requested), size)
-            if chosen is UNSATISFIABLE:
-                handle.close()
-                exc = errors.RangeNotSatisfiable()
-                return json_response(416, {"code": exc.code, "message": exc.message},
-                                     b"Content-Range: bytes */%d\r\n" % size)
-            if chosen is not None:
-                start, end = chosen
-                part = b"Content-Range: bytes %d-%d/%d\r\n" % (start, end, size)
-                return Response(206, headers + part, file=handle, offset=start,
-                                length=end - start + 1)
-    return Response(200, headers, file=handle, length=size)
+    return file_content(request, headers, inode, handle)
 
 
 def _reject_constant(name: str):

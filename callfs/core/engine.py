@@ -542,13 +542,13 @@ class Engine:
                              check: Check | None = None) -> Inode:
         """chmod, chgrp, chown (PATCH with attributes only, API.md §9.6): the changed entry."""
         inode = await self.stat(who, path)
-        self.rules.check_attributes(who, inode, *attributes_of(attributes))
+        self.rules.check_attributes(who, inode, attributes)
         if check is not None:
             check(inode)
         key = dir_key(path) if inode.type == DIRECTORY else file_key(path)
         async with self.locks.hold([key], self.lock_timeout):
             inode = await self.stat(who, path)
-            self.rules.check_attributes(who, inode, *attributes_of(attributes))
+            self.rules.check_attributes(who, inode, attributes)
             if check is not None:
                 check(inode)
             return await self.store.set_attributes(inode, attributes)
@@ -630,10 +630,6 @@ async def _recover_one(engine: "Engine", name: str, backend, item, fence: int,
         await engine.store.update_content(record, disk[0], disk[1], fence)
         log.info("recovered an interrupted write", extra={"path": item.target})
     backend.remove_temporary(item.tmp)
-
-
-def attributes_of(attributes: Attributes) -> tuple:
-    return attributes.mode, attributes.group, attributes.owner
 
 
 def _listing_key(inode: Inode):

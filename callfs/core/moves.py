@@ -84,8 +84,7 @@ class Planner:
         if request.attributes:
             # Checked as the destination will be: the source itself, or a copy of the caller's.
             target = source if not request.copy else _as_copy(source, who)
-            rules.check_attributes(who, target, request.attributes.mode,
-                                   request.attributes.group, request.attributes.owner)
+            rules.check_attributes(who, target, request.attributes)
         if src == ROOT or dst == ROOT:
             raise errors.BadRequest("cannot rename or move the root directory")
         relocating = self._relocating(source, request)

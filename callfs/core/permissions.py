@@ -12,19 +12,17 @@ search answers 404, unless the caller could learn of the next entry down anyway 
 that directory, and the entry exists), which answers 403. A write that stops there is a 403:
 its answer never depends on what lies below.
 """
-from callfs._native import perm
-from callfs._native.perm import (BLOCKED, DENIED, HIDDEN, MISSING, READ, SEARCH, WRITE,
+from callfs._native.perm import (BLOCKED, DENIED, HIDDEN, MISSING, READ, REACHED, SEARCH, WRITE,
                                  Principal, allows, may_remove, reach)
 from callfs._native.pathnorm import ancestors
 from callfs.domain import errors
-from callfs.domain.model import DIRECTORY, Inode
+from callfs.domain.model import DIRECTORY, Attributes, Inode
 
 ROOT_USER = "root"
 INTERNAL_USER = "internal-proxy"
 INTERNAL = Principal(INTERNAL_USER)  # node-to-node calls, link downloads: every check passes
-ROOT_PRINCIPAL = Principal(ROOT_USER)
 
-__all__ = ["Accounts", "Rules", "Principal", "INTERNAL", "ROOT_PRINCIPAL", "READ", "WRITE", "SEARCH"]
+__all__ = ["Accounts", "Rules", "Principal", "INTERNAL", "READ", "WRITE", "SEARCH"]
 
 
 class Accounts:
@@ -39,17 +37,12 @@ class Accounts:
                 members.setdefault(name, set()).add(group)
         self._member_of = {user: frozenset(members.get(user, ())) | {user} for user in self.users}
         self.groups = frozenset(groups or ()) | self.users
-        self.unknown_members = sorted({name for names in (groups or {}).values()
-                                       for name in names or () if name not in self.users})
         self._principals = {user: Principal(user, self._member_of[user]) for user in self.users}
 
     def principal(self, user: str) -> Principal:
         """The one principal of a user (made once; every request of the user carries it)."""
         found = self._principals.get(user)
         return found if found is not None else Principal(user)
-
-    def groups_of(self, user: str) -> frozenset[str]:
-        return self._member_of.get(user, frozenset((user,)))
 
 
 class Rules:
@@ -110,7 +103,7 @@ class Rules:
         if outcome == DENIED:
             raise errors.PermissionDenied()
         inode = found.get(path)
-        if outcome != perm.REACHED or inode is None:
+        if outcome != REACHED or inode is None:
             raise errors.NotFound()
         return inode
 
@@ -142,11 +135,11 @@ class Rules:
 
     # -- attributes ------------------------------------------------------------------------------
 
-    def check_attributes(self, who: Principal, inode: Inode, mode: int | None,
-                         group: str | None, owner: str | None) -> None:
+    def check_attributes(self, who: Principal, inode: Inode, attributes: Attributes) -> None:
         """chmod: the owner or root; chgrp: the owner, to a group the owner is in, or root;
         chown: root only (API.md §7). Unknown names are a 400 before any permission."""
         accounts = self.accounts
+        mode, group, owner = attributes.mode, attributes.group, attributes.owner
         if group is not None and group not in accounts.groups:
             raise errors.BadRequest(f'unknown group "{group}"')
         if owner is not None and owner not in accounts.users:

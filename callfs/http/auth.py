@@ -6,9 +6,8 @@ import hashlib
 import hmac
 import os
 
-from callfs.core.permissions import Accounts, Principal
+from callfs.core.permissions import INTERNAL_USER, Accounts, Principal
 
-INTERNAL_PROXY = "internal-proxy"
 KNOWN_LIMIT = 1024
 _WHITESPACE = b" \t\n\r\x0b\x0c"
 
@@ -29,7 +28,7 @@ class Authenticator:
         for user, key in (api_key_users or {}).items():
             self._add(key, accounts.principal(user))
         if internal_secret:
-            self._add(internal_secret, accounts.principal(INTERNAL_PROXY))
+            self._add(internal_secret, accounts.principal(INTERNAL_USER))
 
     def _digest(self, key: bytes) -> bytes:
         return hashlib.blake2b(key, key=self._salt, digest_size=32).digest()

@@ -107,13 +107,16 @@ class Server:
         self.log_path = log_path
         self.base = f"http://127.0.0.1:{port}"
 
-    def connect(self, timeout: float = 30) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+    def connect(self, timeout: float = 30, source: str | None = None) -> http.client.HTTPConnection:
+        """A connection to the server, from the loopback address `source` when given."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout,
+                                          source_address=None if source is None else (source, 0))
 
     def request(self, method: str, path: str, body=None, headers=None, user: str | None = "alice",
-                timeout: float = 60):
-        """(status, headers as a lower-cased dict, body bytes) on a fresh connection."""
-        conn = self.connect(timeout)
+                timeout: float = 60, source: str | None = None):
+        """(status, headers as a lower-cased dict, body bytes) on a fresh connection; `user`
+        is a name of KEYS or a key itself."""
+        conn = self.connect(timeout, source)
         try:
             all_headers = dict(headers or {})
             if user is not None and "Authorization" not in all_headers:

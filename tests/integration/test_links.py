@@ -13,7 +13,6 @@ import base64
 import calendar
 import hashlib
 import hmac
-import http.client
 import itertools
 import json
 import os
@@ -131,18 +130,8 @@ def dsn_for(request):
 def call(srv, method: str, path: str, body: bytes | None = None, headers=None,
          key: str | None = ALICE, ip: str | None = None):
     """(status, lower-cased headers, body) from a fresh connection of its own address."""
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60,
-                                      source_address=(ip or fresh_ip(), 0))
-    try:
-        all_headers = dict(headers or {})
-        if key is not None:
-            all_headers["Authorization"] = f"Bearer {key}"
-        conn.request(method, path, body=body, headers=all_headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-    finally:
-        conn.close()
+    return srv.request(method, path, body=body, headers=headers, user=key,
+                       source=ip or fresh_ip())
 
 
 def generate(srv, path, expiry=60, *, key=ALICE, raw: bytes | None = None, ip=None):

@@ -354,3 +354,15 @@ def test_hot_and_general_answers_agree_per_user_over_random_trees(unix, ns, seed
                 general = call(unix, method, path, user, query="?route=general")
                 assert comparable(plain) == comparable(general), (user, method, path)
     assert used > 0  # the hot path answered some of them
+
+
+def test_attributes_with_a_copy_onto_an_existing_file(unix, ns):
+    mkdir(unix, ns)
+    put(unix, f"{ns}/src", b"new")
+    put(unix, f"{ns}/dst", b"old")
+    assert patch(unix, f"{ns}/src", {"destination": f"{ns}/dst", "copy": True,
+                                     "overwrite": True, "mode": "0600"}) == (200, {"path": f"{ns}/dst"})
+    headers = head(unix, f"{ns}/dst")
+    assert headers["x-callfs-mode"] == "0600"
+    assert call(unix, "GET", f"{ns}/dst")[2] == b"new"
+    assert call(unix, "GET", f"{ns}/dst", "bob")[0] == 403
