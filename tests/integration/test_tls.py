@@ -64,9 +64,10 @@ class TLSServer(Server):
         self.context = context
         self.base = f"https://127.0.0.1:{self.port}"
 
-    def connect(self, timeout: float = 30) -> http.client.HTTPSConnection:
+    def connect(self, timeout: float = 30, source: str | None = None) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
-                                           context=self.context)
+                                           context=self.context,
+                                           source_address=None if source is None else (source, 0))
 
     def worker_pid(self) -> int:
         return self.proc.pid  # one worker: the master serves
