@@ -2,7 +2,8 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE = ["pathnorm", "stream", "generations", "fsops", "readview", "httphead", "perm", "token", "ratelimit"]
+NATIVE = ["pathnorm", "stream", "generations", "fsops", "readview", "httphead", "perm", "token",
+          "ratelimit", "tally", "logsink"]
 # Extensions that link a system library: token signs with OpenSSL's libcrypto.
 LIBRARIES = {"token": ["crypto"]}
 

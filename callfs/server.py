@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import uvloop
-from prometheus_client import REGISTRY
 
 from callfs import config, datadir
 from callfs._native.ratelimit import RateLimiter
@@ -41,15 +40,16 @@ from callfs.http import tls
 from callfs.http.auth import Authenticator
 from callfs.http.hotpath import hot_path
 from callfs.http.protocol import HttpProtocol
-from callfs.http.router import HSTS, SECURITY_HEADERS, Router
+from callfs.http.router import HSTS, SECURITY_HEADERS, MetricsRouter, Router
 from callfs.http.sending import FILE_CHUNK
 from callfs.locks.local import LocalLockManager
 from callfs.locks.redis import RedisLockManager
 from callfs.metadata.cache import CachedStore, open_table
+from callfs.metadata.measured import MeasuredStore
 from callfs.metadata.postgres import PostgresStore
 from callfs.metadata.sqlite import SQLiteStore
 from callfs.observability import logging as structured
-from callfs.observability.metrics import AttributeCounter
+from callfs.observability import metrics as measures
 
 log = logging.getLogger("callfs.server")
 
@@ -62,6 +62,8 @@ _started_ns = 0
 _data_lock: datadir.DataLock | None = None  # held for the life of the master, and its workers
 _limits: RateLimiter | None = None  # API.md §11's buckets: one table for every worker
 _tls_context: ssl.SSLContext | None = None  # the master's, inherited by its workers
+_tally = None  # the instance's counts (callfs/observability/metrics.py): slot 0 the master's
+_log: structured.Log | None = None
 tls_downloads: str | None = None  # how TLS downloads travel, for the start-up summary
 GIL_SWITCH_SECONDS = 0.0002
 IDLE_SECONDS = 120.0
@@ -78,9 +80,11 @@ class ServerState:
     """What every connection of one worker shares."""
 
     def __init__(self, app, loop, *, tls: bool, read_timeout: float, write_timeout: float,
-                 hot=None):
+                 metrics, access=None, hot=None):
         self.app = app
         self.hot = hot
+        self.metrics = metrics  # Metrics, for this process's slot
+        self.access = access    # the access log's LogSink, or None when it is off
         self.loop = loop
         self.tls = tls
         self.read_timeout = max(read_timeout, 0.0)
@@ -151,13 +155,16 @@ def _probe_address(addr: str, wait: float = datadir.LOCK_WAIT_SECONDS) -> None:
         time.sleep(0.05)
 
 
-def _build_locks(cfg, lock_fd: int | None):
+def _build_locks(cfg, lock_fd: int | None, observer):
     """Redis locks (cluster-wide) or the local manager; built in each process after forking,
     since connections must not be shared across a fork."""
     if cfg.dlm.type == "redis":
-        return RedisLockManager(cfg.dlm.redis_addr, cfg.dlm.redis_password,
-                                ttl=cfg.dlm.lock_ttl)
-    return LocalLockManager(lock_fd)
+        locks = RedisLockManager(cfg.dlm.redis_addr, cfg.dlm.redis_password,
+                                 ttl=cfg.dlm.lock_ttl)
+    else:
+        locks = LocalLockManager(lock_fd)
+    locks.observer = observer
+    return locks
 
 
 async def _open_locks(locks, cfg) -> None:
@@ -209,13 +216,16 @@ def _lock_data(loaded) -> datadir.DataLock:
         raise StartupError(str(exc)) from None
 
 
-def _build_store(cfg):
+def _build_store(cfg, observer):
+    """The metadata store, every database operation measured, behind the cache."""
     if cfg.metadata_store.type == "postgres":
-        return PostgresStore(cfg.metadata_store.dsn)
-    return SQLiteStore(cfg.metadata_store.sqlite_path, durable=cfg.backend.localfs_fsync)
+        store = PostgresStore(cfg.metadata_store.dsn)
+    else:
+        store = SQLiteStore(cfg.metadata_store.sqlite_path, durable=cfg.backend.localfs_fsync)
+    return CachedStore(MeasuredStore(store, observer), open_table(_generations_path(cfg)))
 
 
-def _build_engine(cfg, store, locks) -> Engine:
+def _build_engine(cfg, store, locks, observer=None) -> Engine:
     localfs = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
     return Engine(
         store=store, locks=locks, backends={"localfs": localfs},
@@ -227,6 +237,7 @@ def _build_engine(cfg, store, locks) -> Engine:
         dir_mode=cfg.auth.default_dir_mode,
         peers=(cfg.instance_discovery.peer_endpoints or {}).keys(),
         rules=Rules(cfg.auth.permission_model, accounts_of(cfg)),
+        observer=observer,
     )
 
 
@@ -235,19 +246,19 @@ def accounts_of(cfg) -> Accounts:
     return Accounts(config.configured_users(cfg.auth), cfg.auth.groups)
 
 
-async def _prepare(cfg, lock_fd: int) -> int:
+async def _prepare(cfg, lock_fd: int, observer) -> int:
     backend = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
     try:
         await backend.open()
     except OSError as exc:
         raise StartupError(f"cannot create the local root {cfg.backend.localfs_root_path}: "
                            f"{exc.strerror or exc}") from exc
-    store = CachedStore(_build_store(cfg), open_table(_generations_path(cfg)))
+    store = _build_store(cfg, observer)
     try:
         await store.open()
     except Exception as exc:
         raise StartupError(f"cannot open the metadata store: {exc}") from exc
-    locks = _build_locks(cfg, lock_fd)
+    locks = _build_locks(cfg, lock_fd, observer)
     try:
         await _open_locks(locks, cfg)
         # Fencing numbers only grow, even when the counter was lost (a Redis without
@@ -256,7 +267,7 @@ async def _prepare(cfg, lock_fd: int) -> int:
             await locks.raise_fence(await store.max_fence())
         except errors.ServiceUnavailable as exc:
             raise StartupError(f"cannot set the fencing counter: {exc}") from exc
-        return await recover(_build_engine(cfg, store, locks))
+        return await recover(_build_engine(cfg, store, locks, observer))
     finally:
         await locks.close()
         await store.close()
@@ -277,32 +288,47 @@ async def _recover_forever(engine: Engine, first: float, started_ns: int) -> Non
         await asyncio.sleep(RECOVERY_INTERVAL * (0.75 + random.random() / 2))
 
 
-async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
+async def _worker_main(cfg, lock_fd: int, sock: socket.socket, slot: int,
+                       metrics_sock: socket.socket | None) -> None:
     loop = asyncio.get_running_loop()
+    metrics = measures.Metrics(_tally)
+    metrics.claim(slot)
+    if _log is not None:
+        _log.on_dropped = metrics.log_dropped
+    access = _log.sink if _log is not None and structured.access_enabled(cfg.log.level) else None
     # The store's writer thread needs the GIL briefly per commit; under load the event loop
     # would keep it for the default 5 ms each time, stalling every write behind it.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    store = CachedStore(_build_store(cfg), open_table(_generations_path(cfg)))
+    store = _build_store(cfg, metrics)
     await store.open()
-    locks = _build_locks(cfg, lock_fd)
+    locks = _build_locks(cfg, lock_fd, metrics)
     await _open_locks(locks, cfg)
-    engine = _build_engine(cfg, store, locks)
+    engine = _build_engine(cfg, store, locks, metrics)
     auth = Authenticator(cfg.auth.api_keys, cfg.auth.api_key_users, cfg.auth.internal_proxy_secret,
                          engine.rules.accounts)
     files = FilesAPI(engine, dict(cfg.instance_discovery.peer_endpoints or {}))
+    system = SystemAPI(TransferAPI(engine), _tally)
     router = Router(auth=auth, files=files, directories=DirectoriesAPI(engine),
-                    system=SystemAPI(TransferAPI(engine)), limits=_limits)
+                    system=system, limits=_limits, metrics=metrics)
     router.links = LinksAPI(Links(engine, cfg.auth.single_use_link_secret),
                             cfg.server.external_url)
-    hot = hot_path(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
-    REGISTRY.register(AttributeCounter("callfs_hot_path_responses",
-                                       "GET/HEAD answered from the metadata cache in one write",
-                                       hot, "answered"))
+    hot = hot_path(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS,
+                   tally=_tally, cells=metrics.hot_cells(), read_cells=metrics.read_cells(),
+                   log=access)
     context = _tls_context
-    state = ServerState(router, loop, tls=context is not None, hot=hot,
-                        read_timeout=cfg.server.read_timeout, write_timeout=cfg.server.write_timeout)
+    state = ServerState(router, loop, tls=context is not None, hot=hot, metrics=metrics,
+                        access=access, read_timeout=cfg.server.read_timeout,
+                        write_timeout=cfg.server.write_timeout)
     server = await loop.create_server(lambda: HttpProtocol(state), sock=sock, ssl=context,
                                       backlog=1024)
+    servers = [server]
+    if metrics_sock is not None:
+        # The unauthenticated metrics listener (API.md §15.2): plain HTTP, /metrics only.
+        metrics_state = ServerState(MetricsRouter(system), loop, tls=False, metrics=metrics,
+                                    access=access, read_timeout=cfg.server.read_timeout,
+                                    write_timeout=cfg.server.write_timeout)
+        servers.append(await loop.create_server(lambda: HttpProtocol(metrics_state),
+                                                sock=metrics_sock, backlog=128))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -311,9 +337,15 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket) -> None:
     recovery = loop.create_task(_recover_forever(engine, first, _started_ns))
     # Every worker sweeps links: a sweep is idempotent, and each one's timing is spread.
     link_sweeper = loop.create_task(sweep_links_forever(store))
-    log.info("serving", extra={"pid": os.getpid(), "listen": cfg.server.listen_addr,
-                               "tls": context is not None, "tls_downloads": tls_downloads})
+    log.info("serving", extra={"pid": os.getpid(), "slot": slot,
+                               "listen": cfg.server.listen_addr,
+                               "metrics_listen": cfg.metrics.listen_addr or None,
+                               "tls": context is not None, "tls_downloads": tls_downloads,
+                               "access_log": access is not None})
     await stop.wait()
+    log.info("stopping", extra={"pid": os.getpid(), "connections": len(state.connections)})
+    for extra in servers[1:]:
+        extra.close()
     await _drain(server, state)
     sweeper.cancel()
     recovery.cancel()
@@ -335,10 +367,11 @@ async def _drain(server, state: ServerState) -> None:
     log.info("stopped", extra={"pid": os.getpid()})
 
 
-def _run_worker(cfg, lock_fd: int, sock: socket.socket) -> int:
+def _run_worker(cfg, lock_fd: int, sock: socket.socket, slot: int,
+                metrics_sock: socket.socket | None) -> int:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_worker_main(cfg, lock_fd, sock))
+            runner.run(_worker_main(cfg, lock_fd, sock, slot, metrics_sock))
         return 0
     except Exception:
         log.exception("worker failed")
@@ -353,11 +386,11 @@ def serve(loaded, workers: int | None = None, announce=None) -> int:
     then are secrets, directories and the database created and recovery run.
     `announce(loaded, workers, data_lock)` is told once everything is ready."""
     cfg = loaded.config
-    structured.setup(cfg.log.level, cfg.log.format)
+    global _started_ns, _data_lock, _tls_context, tls_downloads, _limits, _tally, _log
+    _log = structured.setup(cfg.log.level, cfg.log.format, cfg.instance_discovery.instance_id)
     for warning in loaded.warnings:
         log.warning("configuration", extra={"detail": warning})
     workers = workers or os.cpu_count() or 1
-    global _started_ns, _data_lock, _tls_context, tls_downloads, _limits
     _started_ns = time.time_ns()
     try:
         problem = config.unavailable(cfg)
@@ -367,6 +400,8 @@ def serve(loaded, workers: int | None = None, announce=None) -> int:
         if _tls_context is not None:
             tls_downloads = tls.download_path(FILE_CHUNK)
         _probe_address(cfg.server.listen_addr)
+        if cfg.metrics.listen_addr:
+            _probe_address(cfg.metrics.listen_addr)
         _data_lock = _lock_data(loaded)
         try:
             loaded = config.keep_secrets(loaded)
@@ -375,18 +410,32 @@ def serve(loaded, workers: int | None = None, announce=None) -> int:
         cfg = loaded.config
         lock_fd = LocalLockManager.shared_file()
         _limits = RateLimiter()
-        recovered = asyncio.run(_prepare(cfg, lock_fd))
+        # One row for the master (recovery at start, worker restarts), one per worker.
+        _tally = measures.table(workers + 1)
+        recovered = asyncio.run(_prepare(cfg, lock_fd, measures.Metrics(_tally)))
         if recovered:
             log.info("recovered writes a crash interrupted", extra={"count": recovered})
-        sock = listen_socket(cfg.server.listen_addr) if workers == 1 else None
+        sock = metrics_sock = None
+        if workers == 1:
+            sock = listen_socket(cfg.server.listen_addr)
+            if cfg.metrics.listen_addr:
+                metrics_sock = listen_socket(cfg.metrics.listen_addr)
     except StartupError as exc:
+        _log.flush()
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     if announce is not None:
         announce(loaded, workers, _data_lock)
+    log.info("started", extra={"pid": os.getpid(), "workers": workers,
+                               "instance": cfg.instance_discovery.instance_id,
+                               "listen": cfg.server.listen_addr,
+                               "metrics_listen": cfg.metrics.listen_addr or None})
     if workers == 1:
-        return _run_worker(cfg, lock_fd, sock)
-    return _supervise(cfg, lock_fd, workers)
+        code = _run_worker(cfg, lock_fd, sock, 1, metrics_sock)
+    else:
+        code = _supervise(cfg, lock_fd, workers)
+    log.info("shut down", extra={"pid": os.getpid(), "exit_status": code})
+    return code
 
 
 def _die_with_parent(master: int) -> None:
@@ -401,7 +450,7 @@ def _die_with_parent(master: int) -> None:
         os._exit(1)
 
 
-def _spawn(cfg, lock_fd: int) -> int:
+def _spawn(cfg, lock_fd: int, slot: int) -> int:
     master = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -411,7 +460,9 @@ def _spawn(cfg, lock_fd: int) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             sock = listen_socket(cfg.server.listen_addr)
-            code = _run_worker(cfg, lock_fd, sock)
+            metrics_sock = (listen_socket(cfg.metrics.listen_addr) if cfg.metrics.listen_addr
+                            else None)
+            code = _run_worker(cfg, lock_fd, sock, slot, metrics_sock)
         except BaseException:
             log.exception("worker failed to start")
         finally:
@@ -429,7 +480,13 @@ def _supervise(cfg, lock_fd: int, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children = {_spawn(cfg, lock_fd) for _ in range(workers)}
+    master = measures.Metrics(_tally)
+    master.claim(0)
+    if _log is not None:
+        _log.on_dropped = master.log_dropped
+    # pid -> the slot of the shared counts it writes (1..workers); a replacement takes its
+    # predecessor's slot and counts on from there.
+    children = {_spawn(cfg, lock_fd, slot): slot for slot in range(1, workers + 1)}
     restarts: list[float] = []
     exit_code = 0
     while children and not stopping:
@@ -438,10 +495,12 @@ def _supervise(cfg, lock_fd: int, workers: int) -> int:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done == 0:
                 continue
-            children.discard(pid)
+            slot = children.pop(pid)
             if stopping:
                 continue
-            log.error("worker exited; starting another", extra={"pid": pid, "status": status})
+            log.error("worker exited; starting another",
+                      extra={"pid": pid, "slot": slot, "status": _exit_text(status)})
+            master.worker_restarted()
             now = time.monotonic()
             restarts = [t for t in restarts if now - t < _RESTART_WINDOW] + [now]
             if len(restarts) > _RESTART_LIMIT:
@@ -449,19 +508,31 @@ def _supervise(cfg, lock_fd: int, workers: int) -> int:
                 stopping = True
                 exit_code = 1
                 break
-            children.add(_spawn(cfg, lock_fd))
+            replacement = _spawn(cfg, lock_fd, slot)
+            children[replacement] = slot
+            log.info("worker started", extra={"pid": replacement, "slot": slot})
     for pid in children:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + DRAIN_SECONDS + 5
     while children and time.monotonic() < deadline:
         for pid in list(children):
             if os.waitpid(pid, os.WNOHANG)[0]:
-                children.discard(pid)
+                children.pop(pid)
         time.sleep(0.05)
     for pid in children:
         _signal(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     return exit_code
+
+
+def _exit_text(status: int) -> str:
+    """A wait status in words: `exit 3`, `killed by SIGKILL`."""
+    if os.WIFSIGNALED(status):
+        try:
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit {os.WEXITSTATUS(status)}"
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -1,12 +1,15 @@
 # cython: language_level=3
 # The request head and the hot path in C; see httphead.pyx.
+from callfs._native.logsink cimport LogSink
 from callfs._native.readview cimport ReadView
+from callfs._native.tally cimport Tally
 
 
 cdef class HotFile:
     cdef readonly bytes get_head   # header lines of GET, from Content-Type to Content-Length
     cdef readonly bytes head_head  # the same for HEAD
     cdef readonly object body      # the content (bytes) when small enough to keep, or None
+    cdef readonly Py_ssize_t read_cell  # the cell a download of it counts in, or -1
 
 
 cdef class HotPath:
@@ -15,8 +18,17 @@ cdef class HotPath:
     cdef ReadView view      # the engine's: the prepared answer for a path, or None
     cdef bytes security, hsts
     cdef bytes pending  # the body of the last answer, when it goes out beside its head
-    cdef public Py_ssize_t answered  # responses sent by the hot path (exported as a metric)
-    cdef bytes _answer(self, bytes method, bytes url, dict headers, bint tls)
+    cdef public Py_ssize_t answered  # responses sent by the hot path
+    cdef Tally tally        # the instance's counts (callfs/observability/metrics.py), or None
+    cdef Py_ssize_t count_get, count_head, time_get, time_head, sent, answered_cell
+    cdef LogSink log        # the access log, or None when it is off
+    cdef object last_principal
+    cdef bytes last_user    # last_principal's user, escaped for the access line
+    cdef bytes _answer(self, bytes method, bytes url, dict headers, bint tls,
+                       long long started_ns, bytes peer)
+    cdef void _account(self, bint head, Py_ssize_t sent, object identity, bytes url,
+                       const char* rid, Py_ssize_t rid_len, long long started_ns,
+                       bytes peer) noexcept
 
 
 cdef class HeadState:
@@ -30,3 +42,5 @@ cdef class HeadState:
     cdef public bint _outside  # the parser is done with this connection (refused, upgraded)
     cdef public bint _at_start  # the next byte that arrives begins a message
     cdef public double _head_start, _idle_since, _last_read
+    cdef public long long _started_ns  # monotonic_ns() when the message's first byte came
+    cdef public bytes _peer_text       # the peer as the access log writes it

@@ -24,8 +24,18 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 from libc.time cimport time, time_t
 
+from callfs._native.logsink cimport LogSink
 from callfs._native.pathnorm cimport normalize_url_path
+from callfs._native.perm cimport Principal
 from callfs._native.readview cimport ReadView
+from callfs._native.tally cimport Tally
+
+cdef extern from "time.h" nogil:
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock, timespec* ts)
+    int CLOCK_MONOTONIC
 
 MAX_URL = 64 * 1024      # bytes of the request target: 414 beyond
 MAX_HEAD = 1024 * 1024   # bytes of the head (header lines included): 431 beyond
@@ -102,7 +112,7 @@ def origin_form(bytes url not None):
 # Request headers that send a GET/HEAD down the general route (the hot path answers only
 # plain reads).
 NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
-                     b"if-unmodified-since", b"if-range", b"range", b"x-request-id",
+                     b"if-unmodified-since", b"if-range", b"range",
                      b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 cdef frozenset _NOT_HOT = NOT_HOT
 
@@ -111,6 +121,47 @@ cdef Py_ssize_t _SPLIT = 16 * 1024
 cdef bytes _STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 cdef bytes _REQUEST_ID = b"X-Request-ID: "
 cdef const char* _HEX = b"0123456789abcdef"
+cdef bytes _FILES_ROUTE = b"/v1/files/*"
+cdef bytes _BUFFER = b"copy"
+cdef bytes _GET = b"GET"
+cdef bytes _HEAD = b"HEAD"
+MAX_CLIENT_ID = 128
+
+# The bytes of a client's X-Request-ID that are kept (API.md §3): A-Z a-z 0-9 - _ . :
+cdef bint _ID_BYTE[256]
+
+
+cdef int _allow_id_bytes(bytes allowed) except -1:
+    cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(allowed)
+    cdef Py_ssize_t i
+    for i in range(PyBytes_GET_SIZE(allowed)):
+        _ID_BYTE[raw[i]] = True
+    return 0
+
+
+_allow_id_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+
+
+cpdef bint client_request_id(value):
+    """Whether a client's X-Request-ID is kept: 1-128 bytes of A-Z a-z 0-9 - _ . : ."""
+    if value is None:
+        return False
+    cdef bytes raw = <bytes?>value
+    cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(raw)
+    if n < 1 or n > MAX_CLIENT_ID:
+        return False
+    for i in range(n):
+        if not _ID_BYTE[data[i]]:
+            return False
+    return True
+
+
+cpdef long long monotonic_ns() noexcept:
+    """CLOCK_MONOTONIC in nanoseconds: when a request's head began, and durations."""
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return <long long>now.tv_sec * 1000000000 + now.tv_nsec
 
 
 class Reject(Exception):
@@ -192,10 +243,12 @@ def date_line():
 cdef class HotFile:
     """What the hot path keeps for one content version of a file."""
 
-    def __init__(self, bytes get_head not None, bytes head_head not None, body):
+    def __init__(self, bytes get_head not None, bytes head_head not None, body,
+                 Py_ssize_t read_cell=-1):
         self.get_head = get_head
         self.head_head = head_head
         self.body = body
+        self.read_cell = read_cell
 
 
 cdef class HotPath:
@@ -203,25 +256,36 @@ cdef class HotPath:
     engine's read view one question per request; the answer's bytes are its own."""
 
     def __init__(self, *, dict keys not None, identify, ReadView view not None,
-                 bytes security not None, bytes hsts not None):
+                 bytes security not None, bytes hsts not None, Tally tally=None, cells=(),
+                 LogSink log=None):
         self.keys = keys
         self.identify = identify
         self.view = view
         self.security = security
         self.hsts = hsts
         self.answered = 0
+        # Counting (callfs/observability/metrics.py's hot_cells) and the access log (None: off).
+        self.tally = tally
+        if tally is not None:
+            (self.count_get, self.count_head, self.time_get, self.time_head, self.sent,
+             self.answered_cell) = cells
+        self.log = log
+        self.last_principal = None
+        self.last_user = None
 
     def answer(self, bytes method not None, bytes url not None, dict headers not None,
-               bint tls):
+               bint tls, long long started_ns=0, bytes peer=b"-"):
         """The whole response for a plain GET/HEAD of a cached file, or None."""
-        head = self._answer(method, url, headers, tls)
+        head = self._answer(method, url, headers, tls, started_ns, peer)
         if head is None or self.pending is None:
             return head
         body, self.pending = self.pending, None
         return head + body
 
-    cdef bytes _answer(self, bytes method, bytes url, dict headers, bint tls):
-        """The response, or its head alone with its body left in `pending`; or None."""
+    cdef bytes _answer(self, bytes method, bytes url, dict headers, bint tls,
+                       long long started_ns, bytes peer):
+        """The response, or its head alone with its body left in `pending`; or None. Counted
+        and logged as the general route would (callfs/http/protocol.py's accounting)."""
         cdef Py_ssize_t size = PyBytes_GET_SIZE(url)
         cdef const char* raw = PyBytes_AS_STRING(url)
         if size < 10 or memcmp(raw, b"/v1/files/", 10) != 0:
@@ -257,16 +321,66 @@ cdef class HotPath:
             block = hot.get_head
             body = <bytes?>hot.body
         self.answered += 1
+        cdef char fresh[16]
+        cdef const char* rid = fresh
+        cdef Py_ssize_t rid_len = 16
+        given = headers.get(b"x-request-id")
+        if given is not None and client_request_id(given):
+            rid = PyBytes_AS_STRING(<bytes>given)
+            rid_len = PyBytes_GET_SIZE(<bytes>given)
+        else:
+            _hex16(fresh, _next_random())
+        cdef Py_ssize_t sent = 0 if body is None else PyBytes_GET_SIZE(body)
+        if self.tally is not None or self.log is not None:
+            if not head and hot.read_cell >= 0 and self.tally is not None:
+                self.tally.add_fast(hot.read_cell, 1)  # a download (file_operations "read")
+            self._account(head, sent, identity, url, rid, rid_len, started_ns, peer)
         if body is not None and PyBytes_GET_SIZE(body) > _SPLIT:
             self.pending = body
             body = None
-        return _join(_date(), block, self.security, self.hsts if tls else None, body)
+        return _join(_date(), block, self.security, self.hsts if tls else None, body, rid,
+                     rid_len)
+
+    cdef void _account(self, bint head, Py_ssize_t sent, object identity, bytes url,
+                       const char* rid, Py_ssize_t rid_len, long long started_ns,
+                       bytes peer) noexcept:
+        """The answer's counts and access line, taken just before it is written."""
+        cdef long long elapsed = monotonic_ns() - started_ns if started_ns else 0
+        if elapsed < 0:
+            elapsed = 0
+        cdef Tally tally = self.tally
+        if tally is not None:
+            tally.add_fast(self.count_head if head else self.count_get, 1)
+            tally.observe_ns(self.time_head if head else self.time_get, <uint64_t>elapsed)
+            if sent:
+                tally.add_fast(self.sent, sent)
+            tally.add_fast(self.answered_cell, 1)
+        if self.log is None:
+            return
+        if identity is not self.last_principal:
+            try:
+                self.last_user = _escaped_user(identity)
+            except Exception:
+                return
+            self.last_principal = identity
+        try:
+            self.log.access_c(_HEAD if head else _GET, _FILES_ROUTE, url, 200, 0, sent,
+                              <uint64_t>elapsed, self.last_user, rid, rid_len, peer,
+                              _BUFFER if sent else None, False)
+        except Exception:
+            pass
 
 
-cdef bytes _join(bytes date, bytes block, bytes security, bytes hsts, bytes body):
-    """Status line, Date, the entry's block, security headers, a fresh X-Request-ID, the body."""
+cdef bytes _escaped_user(object identity):
+    from callfs._native.logsink import escaped_json
+    return escaped_json((<Principal?>identity).user.encode())
+
+
+cdef bytes _join(bytes date, bytes block, bytes security, bytes hsts, bytes body,
+                 const char* rid, Py_ssize_t rid_len):
+    """Status line, Date, the entry's block, security headers, the X-Request-ID, the body."""
     cdef Py_ssize_t total = (17 + PyBytes_GET_SIZE(date) + PyBytes_GET_SIZE(block)
-                             + PyBytes_GET_SIZE(security) + 14 + 16 + 4)
+                             + PyBytes_GET_SIZE(security) + 14 + rid_len + 4)
     if hsts is not None:
         total += PyBytes_GET_SIZE(hsts)
     if body is not None:
@@ -280,8 +394,8 @@ cdef bytes _join(bytes date, bytes block, bytes security, bytes hsts, bytes body
     if hsts is not None:
         p = _put(p, hsts)
     p = _put(p, _REQUEST_ID)
-    _hex16(p, _next_random())
-    p += 16
+    memcpy(p, rid, rid_len)
+    p += rid_len
     memcpy(p, b"\r\n\r\n", 4)
     p += 4
     if body is not None:
@@ -326,6 +440,7 @@ cdef class HeadState:
                 self._parse_failed(431)
 
     def on_message_begin(self):
+        self._started_ns = monotonic_ns()
         self._at_start = False
         self._in_head = True
         self._head_start = self._last_read
@@ -376,7 +491,8 @@ cdef class HeadState:
                          or parser.get_http_version() in _VERSIONS)
                     and not self.state.draining):
                 hot = self.hot
-                data = hot._answer(method, self._url, self._headers, self.tls)
+                data = hot._answer(method, self._url, self._headers, self.tls,
+                                   self._started_ns, self._peer_text)
                 if data is not None:
                     if hot.pending is None:
                         self.transport.write(data)

@@ -1,13 +1,14 @@
 """`/metrics` (API.md §15); the WebSocket endpoint routed here is served by api/transfer.py."""
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
 from callfs.http.response import Response
+from callfs.observability.metrics import CONTENT_TYPE, render
+
+_HEADERS = f"Content-Type: {CONTENT_TYPE}\r\n".encode()
 
 
 class SystemAPI:
-    def __init__(self, transfer):
+    def __init__(self, transfer, tally):
         self.websocket = transfer.websocket  # GET /v1/files/ws/{path} (API.md §12)
+        self.tally = tally  # the instance's shared counts: every worker's, summed at render
 
     async def metrics(self, request) -> Response:
-        body = generate_latest(REGISTRY)
-        return Response(200, f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode(), body)
+        return Response(200, _HEADERS, render(self.tally))

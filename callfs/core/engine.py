@@ -9,6 +9,7 @@ half-written file; a metadata row never appears before its bytes.
 """
 import asyncio
 import logging
+import time
 
 import msgspec
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from callfs._native.pathnorm import ancestors
 from callfs.backends.base import Capability
 from callfs._native.pathnorm import split_parent
 from callfs.core import moves
+from callfs.domain.observer import Observer, Silent
 from callfs.core.permissions import Principal, Rules
 from callfs.domain import errors
 from callfs.domain.model import DIRECTORY, FILE, ROOT, Attributes, Inode, NewInode, now_ns
@@ -51,7 +53,8 @@ class Engine:
     def __init__(self, *, store, locks, backends: dict, default_backend: str, instance_id: str,
                  file_op_timeout: float | None, metadata_op_timeout: float | None,
                  file_mode: int = 0o644, dir_mode: int = 0o755, peers=(),
-                 rules: Rules | None = None):
+                 rules: Rules | None = None, observer: Observer | None = None):
+        self.observer = observer if observer is not None else Silent()
         self.store = store
         self.locks = locks
         self.backends = backends
@@ -135,13 +138,18 @@ class Engine:
         busy = self.store.busy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MOVE_WAIT
+        if read:
+            self.observer.file_operation("read", inode.backend)
         while True:
             newer = False
+            started = time.perf_counter()
             try:
                 handle = self.open_file(who, inode, read=read)
             except (errors.NotFound, errors.StorageInconsistent) as exc:
                 problem = exc
             else:
+                self.observer.backend_operation(inode.backend, "read",
+                                                time.perf_counter() - started)
                 on_disk = handle.mtime_ns
                 current = None
                 if on_disk is None or (handle.size == inode.size and on_disk <= inode.mtime_ns):
@@ -185,6 +193,7 @@ class Engine:
 
     async def list_directory(self, who: Principal, directory: Inode) -> list[Inode]:
         self.check_read(who, directory)
+        self.observer.file_operation("list", directory.backend)
         return await self.store.list_children(directory)
 
     async def list_recursive(self, who: Principal, directory: Inode, max_depth: int) -> list[Inode]:
@@ -287,6 +296,7 @@ class Engine:
                                group: str | None = None) -> bool:
         """POST with a trailing slash: True when created, False when it already existed."""
         mode, group = self.new_attributes(who, mode, group, DIRECTORY)
+        self.observer.file_operation("mkdir", self.default_backend)
         existing, _ = await self.check_create(who, path, DIRECTORY)
         if existing is not None:
             return self._directory_exists(existing)
@@ -326,6 +336,7 @@ class Engine:
             check(None)
         _check_announced_size(body)
         backend_name = self.default_backend
+        self.observer.file_operation("create", backend_name)
         upload = await self._stage(self.backends[backend_name], path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
@@ -355,6 +366,7 @@ class Engine:
             check(existing)
         _check_announced_size(body)
         backend_name = self.default_backend if existing is None else existing.backend
+        self.observer.file_operation("create" if existing is None else "write", backend_name)
         upload = await self._stage(self._backend_named(backend_name), path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
@@ -449,6 +461,7 @@ class Engine:
         """Stream the body into a staged object and make it durable; no lock is needed (none
         is held by a caller that is not copying). Returns the upload, to `commit` under the
         path's lock, then `finish` or `undo` once recorded (or `abort`)."""
+        started = time.perf_counter()
         upload = backend.begin_write(path)
         try:
             if body.expected is not None:
@@ -466,6 +479,7 @@ class Engine:
         except BaseException:
             upload.abort()
             raise
+        self.observer.backend_operation(backend.name, "write", time.perf_counter() - started)
         return upload
 
     # -- rename, move --------------------------------------------------------------------------
@@ -490,6 +504,7 @@ class Engine:
             if check is not None:
                 check(inode)
             backend = self.backend_for(inode)
+            self.observer.file_operation("delete", inode.backend)
             if inode.type == FILE:
                 # The bytes go inside the store's transaction, so no move comes in between.
                 removal = backend.begin_remove(path)
@@ -584,6 +599,7 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, started_ns: int = 0
                 item.target = await _deleted_entry(engine, name, backend, item)
                 if item.target is None:
                     backend.remove_temporary(item.tmp)
+                    engine.observer.recovered("taken_back")
                     handled += 1
                     continue
                 deleted = True
@@ -619,16 +635,22 @@ async def _recover_one(engine: "Engine", name: str, backend, item, fence: int,
                 and backend.restore_removed(item.tmp, item.target)):
             log.info("put back the bytes of a deletion that did not commit",
                      extra={"path": item.target})
+            engine.observer.recovered("restored")
         else:
             backend.remove_temporary(item.tmp)
+            engine.observer.recovered("intent_removed")
         return
     disk = backend.disk_version(item.target)
     if record is None or record.type != FILE or record.backend != name:
         if disk is not None and (item.same or record is None):
             backend.remove(item.target, False)  # a new file that was never recorded
+        engine.observer.recovered("taken_back")
     elif disk is not None and not item.same and disk[1] > record.mtime_ns:
         await engine.store.update_content(record, disk[0], disk[1], fence)
         log.info("recovered an interrupted write", extra={"path": item.target})
+        engine.observer.recovered("rolled_forward")
+    else:
+        engine.observer.recovered("intent_removed")
     backend.remove_temporary(item.tmp)
 
 

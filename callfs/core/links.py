@@ -44,6 +44,10 @@ class LinkForged(errors.CallFSError):
 
 _REFUSALS = {LinkOutcome.UNKNOWN: LinkNotFound, LinkOutcome.EXPIRED: LinkExpired,
              LinkOutcome.USED: LinkUsed, LinkOutcome.FORGED: LinkForged}
+# The outcome as callfs_single_use_link_consumptions_total counts it (API.md §15.2).
+_CONSUMPTION = {LinkOutcome.CONSUMED: "success", LinkOutcome.EXPIRED: "expired",
+                LinkOutcome.USED: "invalid", LinkOutcome.FORGED: "invalid",
+                LinkOutcome.UNKNOWN: "not_found"}
 
 
 @contextlib.contextmanager
@@ -81,18 +85,22 @@ class Links:
         token = self._signer.issue(path)
         with _failures_are_internal("link store"):
             await self.store.create_link(token, path, token.partition(".")[2], expires, now)
+        self.engine.observer.link_generated()
         return token, expires
 
     async def redeem(self, token: bytes, ip: str | None) -> tuple[Inode, object]:
         """Use up the link `token` and open its file for reading: (inode, read handle). A
         token of the wrong shape is refused without asking the store."""
+        observer = self.engine.observer
         if not well_formed(token):
+            observer.link_consumed("invalid")
             raise LinkNotFound()
         text = token.decode("ascii")
         signer = self._signer
         with _failures_are_internal("link store"):
             outcome, path = await self.store.consume_link(
                 text, self._clock(), ip, lambda stored: signer.verify(text, stored))
+        observer.link_consumed(_CONSUMPTION[outcome])
         if outcome is not LinkOutcome.CONSUMED:
             raise _REFUSALS[outcome]()
         # Consumed: from here on a failure still leaves the link used.

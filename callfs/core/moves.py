@@ -6,6 +6,7 @@ fails), metadata second, under the locks of source and destination taken in one 
 (so two opposite moves never wait on each other). An intent record lets recovery finish or
 undo a move a crash interrupted.
 """
+import time
 from dataclasses import dataclass
 
 from callfs._native.pathnorm import ancestors, split_parent
@@ -150,9 +151,11 @@ async def move(engine, who, src: str, request: MoveRequest, check=None) -> Inode
         # Every entry of the subtree too: a writer of an entry (by its old name) finishes
         # before the move, and one that comes later finds the entry gone from that name.
         keys += lock_keys(*((e.path, e.type) for e in await engine.store.list_descendants(source)))
+    engine.observer.file_operation("move", source.backend)
     async with engine.locks.hold(keys, _lock_wait(engine, keys)):
         source, existing = await planner.plan(who, src, request, check)
         backend = engine.backend_for(source)
+        started = time.perf_counter()
         bytes_move = backend.begin_move(src, dst, source.id, existing is not None)
         rows = engine.ancestor_rows(dst, source.owner, now_ns(), source.backend,
                                      group=source.group)
@@ -163,6 +166,7 @@ async def move(engine, who, src: str, request: MoveRequest, check=None) -> Inode
             bytes_move.undo()
             raise
         bytes_move.finish()
+        engine.observer.backend_operation(source.backend, "move", time.perf_counter() - started)
         return moved
 
 
@@ -171,6 +175,7 @@ async def copy(engine, who, src: str, request: MoveRequest, check=None) -> bool:
     False when an existing file was replaced. The bytes never leave the kernel."""
     planner = Planner(engine)
     source, existing = await planner.plan(who, src, request, check)
+    engine.observer.file_operation("copy", source.backend)
     dst = request.destination
     attributes = request.attributes
     if source.type == FILE:
@@ -294,6 +299,7 @@ async def recover_moves(engine, lock_timeout: float) -> int:
                     row = await engine.store.get(record["dst"])
                     committed = row is not None and row.id == record["id"]
                     backend.recover_move(name, record, committed)
+                    engine.observer.recovered("move_finished")
             except errors.LockTimeout:
                 continue  # the mover still runs, or a dead one's locks have not expired
             handled += 1

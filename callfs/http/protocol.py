@@ -29,7 +29,7 @@ from collections import deque
 
 import httptools
 
-from callfs._native.httphead import HeadState, random_id, valid_host
+from callfs._native.httphead import HeadState, monotonic_ns, random_id, valid_host
 from callfs._native.httphead import Reject as _Reject
 from callfs._native.stream import SpliceSink
 from callfs.domain.errors import BadRequest, ClientGone
@@ -39,6 +39,7 @@ from callfs.http.response import TEXT as _TEXT
 from callfs.http.response import Response, date_header, status_line
 from callfs.http.router import HSTS, SECURITY_HEADERS
 from callfs.http.sending import BodySender
+from callfs.observability.metrics import ROUTES
 
 log = logging.getLogger("callfs.http")
 
@@ -56,6 +57,7 @@ _PARSER_STATUS = {"Invalid HTTP version": 505, "Request has invalid `Transfer-En
                   "Invalid `Transfer-Encoding` header value": 501}
 
 _CLOSE = b"Connection: close\r\n"
+_ROUTE_BYTES = {route: route.encode() for route in ROUTES}
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -67,6 +69,14 @@ class _Rejection:
 
     def __init__(self, status: int):
         self.status = status
+
+
+def peer_text(peer) -> bytes:
+    """The peer as the access log writes it: `ip:port`, `[ipv6]:port`, or `-`."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return (f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}").encode()
+    return b"-"
 
 
 def _rejection_bytes(status: int, tls: bool) -> bytes:
@@ -93,6 +103,10 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         self.closed = False
         self.tls = state.tls
         self.peer = None
+        self.metrics = state.metrics  # callfs/observability/metrics.py's Metrics
+        self.access = state.access    # the access log's LogSink, or None when it is off
+        self._peer_text = b"-"
+        self._started_ns = 0
         self._sock_fd = -1
         self._dup_fd = -1
         self.gate = flow.ReadGate()
@@ -130,17 +144,22 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self._sock_fd = sock.fileno() if sock is not None and not self.tls else -1
         self.peer = transport.get_extra_info("peername")
+        self._peer_text = peer_text(self.peer)
         self.state.connections.add(self)
+        self.metrics.connections(1)
 
     def connection_lost(self, exc):
         self.closed = True
         self.state.connections.discard(self)
+        self.metrics.connections(-1)
         gone = ClientGone()
         if self._current is not None:
             self._current.body.fail(gone)
-        for item in self.pipeline:
+        for index, item in enumerate(self.pipeline):
             if isinstance(item, Request):
                 item.body.fail(gone)
+                if index or self.runner is None:  # the runner accounts for the one it answers
+                    self._account(item, 0, 0, aborted=True)
         if self._session is not None:
             self._session.lost()
         for waiter in (self._drain_waiter, self._read_waiter):
@@ -222,6 +241,8 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         body = Body(self, expected)
         request = Request(parser.get_method(), self._url, headers, self._fields,
                           parser.should_keep_alive(), body, self.tls, self.peer)
+        request.started_ns = self._started_ns
+        self.metrics.in_flight(1)
         if expected == 0:
             body.complete = True
         elif expected is not None and expected > SPLICE_MIN and self._sock_fd >= 0:
@@ -340,6 +361,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
                     moved += step
                     remaining -= step
                     body.received += step
+                    body.spliced = True
                     self._last_read = self.loop.time()
                 elif step == 0:
                     raise ClientGone()  # the peer closed before the body ended
@@ -398,18 +420,24 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             while self.pipeline and not self.closed:
                 item = self.pipeline[0]
                 if isinstance(item, _Rejection):
-                    self.transport.write(_rejection_bytes(item.status, self.tls))
+                    self.refused(item.status)
                     self.close()
                     return
                 try:
                     response = await self.app(item)
                 except ClientGone:
+                    self._account(item, 0, 0, aborted=True)
                     self.abort()
                     return
                 if response is None or self.closed:
+                    self._account(item, 0, 0, aborted=True)
                     self.abort()
                     return
-                keep = await self._respond(item, response)
+                try:
+                    keep = await self._respond(item, response)
+                except BaseException:
+                    self._account(item, response.status, 0, aborted=True)
+                    raise
                 self.pipeline.popleft()
                 if len(self.pipeline) <= MAX_PIPELINE:
                     self._resume(flow.PIPELINE)
@@ -458,27 +486,36 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             if not self._upgrade:
                 # The parser did not see an upgrade (no `Connection: upgrade`): it would read
                 # the frames that follow as HTTP.
+                self._account(request, 400, 0)
                 self.transport.write(_rejection_bytes(400, self.tls))
                 self.close()
                 return False
             parts.append(b"\r\n")
+            self._account(request, status, 0)
             self.transport.write(b"".join(parts))
             await self._serve_upgrade(response.upgrade)
             return False
         if not keep:
             parts.append(_CLOSE)
         parts.append(b"\r\n")
+        # Counted and logged before the last byte leaves, so a client that reads its answer
+        # and then scrapes /metrics (through any worker) always finds it counted.
         try:
             if head_only or no_body:
+                self._account(request, status, 0)
                 self.transport.write(b"".join(parts))
             elif response.file is not None:
                 self.transport.write(b"".join(parts))
                 await self._send_file(response.file.fd, response.offset, length)
+                self._account(request, status, length,
+                              b"sendfile" if self._sock_fd >= 0 else b"copy")
             elif response.stream is not None:
                 self.transport.write(b"".join(parts))
-                await self._send_stream(response.stream, chunked)
+                sent = await self._send_stream(response.stream, chunked)
+                self._account(request, status, sent, b"copy")
             else:
                 parts.append(response.body)
+                self._account(request, status, len(response.body))
                 self.transport.write(b"".join(parts))
         finally:
             if response.file is not None:
@@ -532,6 +569,47 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
         self.gate.resume(self.gate.reasons)
         self.loop.call_later(LINGER, self.close)
 
+    # -- accounting: the metrics and the access line of each answer ----------------------------
+
+    def _account(self, request: Request, status: int, sent: int, transfer: bytes | None = None,
+                 *, aborted: bool = False) -> None:
+        """Once per request: `status` 0 (and `aborted`) when no response went out."""
+        if request.finished:
+            return
+        request.finished = True
+        body = request.body
+        received = body.received
+        if transfer is None and received:
+            transfer = b"splice" if body.spliced else b"copy"
+        elapsed = monotonic_ns() - request.started_ns
+        metrics = self.metrics
+        metrics.in_flight(-1)
+        route = request.route
+        if status:
+            metrics.request(request.method, route, status, elapsed, received, sent)
+        if aborted:
+            metrics.aborted(request.method, route, received if not status else 0,
+                            sent if not status else 0)
+        if self.access is not None:
+            principal = request.principal
+            self.access.access(request.method, _ROUTE_BYTES.get(route, b"unmatched"),
+                               request.target, status or 499, received, sent, elapsed,
+                               None if principal is None else principal.user,
+                               request.request_id.encode() or b"-", self._peer_text,
+                               transfer, aborted)
+
+    def refused(self, status: int) -> None:
+        """A refusal written before any handler ran (the head was not read whole, or not
+        trusted): counted under `unmatched`, logged, then written."""
+        elapsed = monotonic_ns() - self._started_ns if self._started_ns else 0
+        data = _rejection_bytes(status, self.tls)
+        self.metrics.request(b"OTHER", "unmatched", status, elapsed, 0, 0)
+        if self.access is not None:
+            rid = data[data.index(b"X-Request-ID: ") + 14:].split(b"\r\n", 1)[0]
+            self.access.access(b"-", b"unmatched", self._url[:256] or b"-", status, 0, 0,
+                               elapsed, None, rid, self._peer_text, None)
+        self.transport.write(data)
+
     # -- deadlines ----------------------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> None:
@@ -551,7 +629,7 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
             return
         if self._in_head:
             if state.read_timeout and now - self._head_start > state.read_timeout:
-                self.transport.write(_rejection_bytes(408, self.tls))
+                self.refused(408)
                 self.close()
             return
         if self._idle_since:

@@ -15,7 +15,7 @@ LOW_WATER = 128 * 1024
 
 class Body:
     __slots__ = ("_conn", "_chunks", "_buffered", "_waiter", "complete", "_error", "received",
-                 "expected", "_started", "discarding")
+                 "expected", "_started", "discarding", "spliced")
 
     def __init__(self, conn, expected: int | None):
         self._conn = conn
@@ -28,6 +28,7 @@ class Body:
         self.expected = expected  # Content-Length, or None for chunked
         self._started = False
         self.discarding = False
+        self.spliced = False  # some of it moved by splice, socket to file
 
     # -- parser side ------------------------------------------------------------------------
 
@@ -156,7 +157,8 @@ def _write_all(fd: int, data) -> int:
 
 class Request:
     __slots__ = ("method", "target", "path", "query", "headers", "header_count", "keep_alive",
-                 "body", "expect_continue", "tls", "peer", "request_id", "principal")
+                 "body", "expect_continue", "tls", "peer", "request_id", "principal", "route",
+                 "started_ns", "finished")
 
     def __init__(self, method: bytes, target: bytes, headers: dict, header_count: int,
                  keep_alive: bool, body: Body, tls: bool, peer):
@@ -176,6 +178,9 @@ class Request:
         self.peer = peer
         self.request_id = ""
         self.principal = None
+        self.route = "unmatched"  # the route template that matched (metrics, the access log)
+        self.started_ns = 0       # monotonic_ns() when its first byte arrived
+        self.finished = False     # counted and logged
 
     def header(self, name: bytes) -> bytes | None:
         return self.headers.get(name)

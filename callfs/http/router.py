@@ -6,12 +6,14 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from callfs._native.httphead import random_id
+from callfs._native.httphead import client_request_id, random_id
 from callfs._native.pathnorm import MalformedURL, PathError, normalize_url_path
 from callfs.domain import errors
 from callfs.domain.errors import CallFSError, ClientGone
 from callfs.http.response import JSON, Response, header_lines, text_response
 from callfs.http.ratelimit import DOWNLOAD, LINKS_GENERATE, peer_ip, too_many
+from callfs.observability import logging as structured
+from callfs.observability.metrics import Silent
 
 log = logging.getLogger("callfs.http")
 
@@ -27,7 +29,6 @@ SECURITY_HEADERS = header_lines([
     ("Cross-Origin-Embedder-Policy", "require-corp"),
 ])
 HSTS = b"Strict-Transport-Security: max-age=31536000; includeSubDomains; preload\r\n"
-_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}\Z")
 _HEALTH_BODY = b'{"status":"ok"}'
 _NOT_FOUND = "404 page not found\n"
 
@@ -52,9 +53,48 @@ def method_not_allowed(*allowed: str) -> Response:
     return Response(405, header_lines(("Allow", method) for method in allowed))
 
 
+def take_request_id(request) -> None:
+    """The client's X-Request-ID when it may be kept (API.md §3), else a fresh one; every
+    record logged while the request is served carries it."""
+    given = request.headers.get(b"x-request-id")
+    if client_request_id(given):
+        request.request_id = given.decode()
+    else:
+        request.request_id = random_id().decode()
+    structured.request_id.set(request.request_id)
+
+
+def with_common_headers(request, response: Response) -> Response:
+    """The headers every response carries (API.md §3)."""
+    extra = SECURITY_HEADERS + b"X-Request-ID: " + request.request_id.encode() + b"\r\n"
+    if request.tls:
+        extra += HSTS
+    response.headers += extra
+    return response
+
+
+class MetricsRouter:
+    """The `metrics.listen_addr` listener (API.md §15.2): GET /metrics without a key; other
+    methods there 405, other paths 404."""
+
+    def __init__(self, system):
+        self.system = system
+
+    async def __call__(self, request) -> Response:
+        take_request_id(request)
+        if request.path != b"/metrics":
+            return with_common_headers(request, text_response(404, _NOT_FOUND))
+        request.route = "/metrics"
+        if request.method != b"GET":
+            return with_common_headers(request, method_not_allowed("GET"))
+        return with_common_headers(request, await self.system.metrics(request))
+
+
 class Router:
-    def __init__(self, *, auth, files, directories, system, links=None, limits=None):
+    def __init__(self, *, auth, files, directories, system, links=None, limits=None,
+                 metrics=None):
         self.auth = auth
+        self.metrics = metrics if metrics is not None else Silent()
         self.files = files
         self.directories = directories
         self.system = system
@@ -62,28 +102,26 @@ class Router:
         self.limits = limits  # the instance's RateLimiter (callfs/_native/ratelimit.pyx)
 
     async def __call__(self, request) -> Response:
-        given = request.headers.get(b"x-request-id")
-        if given is not None and _CLIENT_ID.match(given):
-            request.request_id = given.decode()
-        else:
-            request.request_id = random_id().decode()
+        take_request_id(request)
         try:
             response = await self._dispatch(request)
         except CallFSError as exc:
             if exc.status >= 500 or exc.logged:
-                log.error("request failed", extra={"request_id": request.request_id,
-                                                   "status": exc.status, "error": str(exc)})
+                log.error("request failed", exc_info=exc.status >= 500,
+                          extra={"status": exc.status, "code": exc.code, "error": str(exc),
+                                 "method": request.method.decode("latin-1"),
+                                 "route": request.route})
+                if exc.status >= 500:
+                    self.metrics.error("http", exc.code.lower())
             response = error_response(exc)
         except ClientGone:
             raise
         except Exception:
-            log.exception("unexpected failure", extra={"request_id": request.request_id})
+            log.exception("unexpected failure", extra={"method": request.method.decode("latin-1"),
+                                                       "route": request.route})
+            self.metrics.error("http", "unexpected")
             response = error_response(errors.InternalError())
-        extra = SECURITY_HEADERS + b"X-Request-ID: " + request.request_id.encode() + b"\r\n"
-        if request.tls:
-            extra += HSTS
-        response.headers += extra
-        return response
+        return with_common_headers(request, response)
 
     async def _dispatch(self, request) -> Response:
         raw = request.path
@@ -91,26 +129,38 @@ class Router:
         if raw.startswith(b"/v1/") or raw == b"/v1":
             return await self._v1(request, raw, method)
         if raw == b"/health":
+            request.route = "/health"
             if method != b"GET":
                 return method_not_allowed("GET")
             return Response(200, JSON, _HEALTH_BODY)
         if raw.startswith(_DOWNLOAD):
+            request.route = "/download/{token}"
             return await self._download(request, raw[len(_DOWNLOAD):], method)
         if raw == b"/metrics":
+            request.route = "/metrics"
             request.principal = self._identify(request)
             return await self.system.metrics(request)
         return text_response(404, _NOT_FOUND)
 
     def _identify(self, request) -> str:
-        principal = self.auth.identify(request.headers.get(b"authorization"))
+        presented = request.headers.get(b"authorization")
+        principal = self.auth.identify(presented)
         if principal is None:
+            reason = "missing" if not presented or not presented.strip() else "unknown_key"
+            self.metrics.auth_failed(reason)
+            # The peer and the reason; never what was presented.
+            log.warning("authentication failed",
+                        extra={"peer": peer_ip(request) or "-", "reason": reason,
+                               "route": request.route})
             raise errors.AuthenticationFailed()
         return principal
 
     async def _v1(self, request, raw: bytes, method: bytes) -> Response:
         if raw == _FILES or raw.startswith(_FILES_SLASH):
+            request.route = "/v1/files/*"
             handler_name = _FILE_METHODS.get(method)
             if method == b"GET" and raw.startswith(_WS):
+                request.route = "/v1/files/ws/*"
                 return await self._with_path(request, raw, len(_WS) - 1, self.system.websocket)
             if handler_name is None:
                 self._identify_first(request)
@@ -118,11 +168,13 @@ class Router:
             handler = getattr(self.files, handler_name)
             return await self._with_path(request, raw, len(_FILES), handler)
         if raw == _DIRS or raw.startswith(_DIRS_SLASH):
+            request.route = "/v1/directories/*"
             if method != b"GET":
                 self._identify_first(request)
                 return method_not_allowed("GET")
             return await self._with_path(request, raw, len(_DIRS), self.directories.get)
         if raw == _LINKS_GENERATE:
+            request.route = "/v1/links/generate"
             self._identify_first(request)
             if method != b"POST":
                 return method_not_allowed("POST")

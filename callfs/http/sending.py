@@ -19,10 +19,13 @@ FILE_CHUNK = 64 * 1024
 
 
 class BodySender:
-    async def _send_stream(self, stream, chunked: bool) -> None:
+    async def _send_stream(self, stream, chunked: bool) -> int:
+        """Returns the body bytes sent."""
+        sent = 0
         async for chunk in stream:
             if not chunk:
                 continue
+            sent += len(chunk)
             if chunked:
                 self.transport.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
             else:
@@ -30,6 +33,7 @@ class BodySender:
             await self._drain()
         if chunked:
             self.transport.write(b"0\r\n\r\n")
+        return sent
 
     async def _send_file(self, fd: int, offset: int, count: int) -> None:
         if self._sock_fd < 0:

@@ -4,8 +4,13 @@ Keys follow the Redis layout of API.md §13.5: `file:<path>` for file writes, `d
 directory creation and deletion. A lease carries a fencing number that grows with every
 acquisition, so a writer can prove it is newer than the one before it.
 """
+import asyncio
 import contextlib
+import time
 from typing import Protocol
+
+from callfs.domain.observer import Silent
+from callfs.domain import errors
 
 
 def file_key(path: str) -> str:
@@ -26,19 +31,57 @@ class Lease(Protocol):
     async def release(self) -> None: ...
 
 
+class LockObserver(Protocol):
+    """What a lock manager reports (callfs/observability/metrics.py's Metrics)."""
+
+    def lock_operation(self, operation: str, status: str, seconds: float) -> None:
+        """acquire or release; success, timeout, error, or lost (a lease that lapsed)."""
+
+    def lock_waited(self) -> None:
+        """An acquisition found a key held and waits for it."""
+
+
 class Holding:
-    """`hold` for a lock manager that has `acquire(keys, timeout)` returning a Lease."""
+    """`hold` for a lock manager that has `acquire(keys, timeout)` returning a Lease, each
+    acquisition and release timed and reported to `observer`."""
+
+    observer: LockObserver = Silent()
 
     @contextlib.asynccontextmanager
     async def hold(self, keys: list[str], timeout: float | None):
-        lease = await self.acquire(keys, timeout)
+        observer = self.observer
+        started = time.perf_counter()
+        try:
+            lease = await self.acquire(keys, timeout)
+        except errors.LockTimeout:
+            observer.lock_operation("acquire", "timeout", time.perf_counter() - started)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            observer.lock_operation("acquire", "error", time.perf_counter() - started)
+            raise
+        observer.lock_operation("acquire", "success", time.perf_counter() - started)
         try:
             yield lease
         finally:
-            await lease.release()
+            started = time.perf_counter()
+            try:
+                lease.check()
+                status = "success"
+            except errors.CallFSError:
+                status = "lost"  # it lapsed while held
+            try:
+                await lease.release()
+            except BaseException:
+                observer.lock_operation("release", "error", time.perf_counter() - started)
+                raise
+            observer.lock_operation("release", status, time.perf_counter() - started)
 
 
 class LockManager(Protocol):
+    observer: LockObserver  # told of every acquisition, release and wait
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

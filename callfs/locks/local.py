@@ -88,6 +88,9 @@ class LocalLockManager(Holding):
         if local is None:
             local = self._local[stripe] = asyncio.Lock()
         loop = asyncio.get_running_loop()
+        waited = local.locked()
+        if waited:
+            self.observer.lock_waited()
         try:
             if deadline is None:
                 await local.acquire()
@@ -98,6 +101,9 @@ class LocalLockManager(Holding):
         try:
             delay = _POLL_FIRST
             while not self._try_record_lock(stripe):
+                if not waited:
+                    waited = True
+                    self.observer.lock_waited()
                 if deadline is not None and loop.time() + delay > deadline:
                     raise errors.LockTimeout()
                 await asyncio.sleep(delay)

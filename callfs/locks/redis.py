@@ -318,6 +318,7 @@ class RedisLockManager(Holding):
                     fence: bool) -> tuple[int, float]:
         """Set one key that was just found another's, waiting while it is; returns (fence or
         0, time of the SET)."""
+        self.observer.lock_waited()
         keys, args = [name, self._fence_key], (lease.token, self._ttl_ms, "1" if fence else "0")
         self._watch(name)
         try:

@@ -22,7 +22,7 @@ def request_line_ok(data: bytes) -> bool:
 def valid_host(value: bytes) -> bool:
     return all(byte in HOST_BYTES for byte in value)
 NOT_HOT = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
-                     b"if-unmodified-since", b"if-range", b"range", b"x-request-id",
+                     b"if-unmodified-since", b"if-range", b"range",
                      b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 
 
@@ -45,6 +45,14 @@ class Reject(Exception):
 
 def date_line() -> bytes:
     return b"Date: " + email.utils.formatdate(int(time.time()), usegmt=True).encode() + b"\r\n"
+
+
+ID_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+
+
+def client_request_id(value) -> bool:
+    """API.md §3: a client's X-Request-ID is kept when it is 1-128 bytes of A-Z a-z 0-9 - _ . :"""
+    return value is not None and 1 <= len(value) <= 128 and all(b in ID_BYTES for b in value)
 
 
 def random_id() -> bytes:
@@ -98,7 +106,9 @@ class HotPath:
         parts.append(self.security)
         if tls:
             parts.append(self.hsts)
-        parts.append(b"X-Request-ID: " + random_id() + b"\r\n\r\n")
+        given = headers.get(b"x-request-id")
+        kept = given is not None and client_request_id(given)
+        parts.append(b"X-Request-ID: " + (given if kept else random_id()) + b"\r\n\r\n")
         if method != b"HEAD":
             parts.append(hot.body)
         self.answered += 1

@@ -10,6 +10,7 @@ signed. Until a process claims a slot it writes row 0. A histogram series starti
 exceed, compared in nanoseconds), the +Inf cell, then the sum of the observations in integer
 nanoseconds, int(seconds * 1e9) (0 for seconds <= 0).
 """
+import math
 MAX_BUCKETS = 32
 WORD = 2**64
 INT64 = range(-(2**63), 2**63)
@@ -22,8 +23,12 @@ def signed(word):
 
 
 def nanoseconds(seconds):
-    """An observation as the native table counts it: whole nanoseconds, 0 for none."""
-    return int(seconds * 1e9) if seconds > 0 else 0
+    """An observation as the native table counts it: whole nanoseconds, 0 for none, and
+    1.8e19 (past every bound, below 2**64) for more than that."""
+    nanos = seconds * 1e9
+    if not nanos > 0:
+        return 0
+    return int(min(nanos, 1.8e19))
 
 
 class Tally:
@@ -36,8 +41,11 @@ class Tally:
         bounds = tuple(bounds)
         if len(bounds) > MAX_BUCKETS:
             raise ValueError(f"at most {MAX_BUCKETS} bucket bounds")
-        if list(bounds) != sorted(set(bounds)) or any(b <= 0 for b in bounds):
-            raise ValueError("bucket bounds must be positive and ascending")
+        if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds):
+            raise ValueError("bucket bounds must be finite numbers")
+        nanos = [round(b * 1e9) for b in bounds]
+        if nanos != sorted(set(nanos)) or any(n <= 0 or n >= 2**63 for n in nanos):
+            raise ValueError("bucket bounds must be ascending and a nanosecond apart")
         self.cells = cells
         self.slots = slots
         self.slot = -1

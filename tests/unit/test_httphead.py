@@ -410,3 +410,16 @@ def test_only_http_1_x_takes_the_hot_path_even_kept_alive(site, version):
                            b"\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n")
         answered = not conn.events or conn.events[0][0] != "head"
         assert answered == (version in (b"1.0", b"1.1")), implementation
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=140) | st.text(alphabet="AZaz09-_.:/ é", max_size=140).map(str.encode))
+def test_client_request_ids_are_kept_alike(value):
+    assert native.client_request_id(value) == oracle.client_request_id(value)
+
+
+def test_client_request_id_limits():
+    assert native.client_request_id(b"a" * 128) and not native.client_request_id(b"a" * 129)
+    assert not native.client_request_id(b"") and not native.client_request_id(None)
+    assert native.client_request_id(b"trace-1.2:3_x")
+    assert not native.client_request_id(b"a b") and not native.client_request_id(b"a\r\nb")
