@@ -107,7 +107,9 @@ class Router:
             response = await self._dispatch(request)
         except CallFSError as exc:
             if exc.status >= 500 or exc.logged:
-                log.error("request failed", exc_info=exc.status >= 500,
+                # A failure caused by another exception carries its traceback; a finding the
+                # server made itself (bytes that disagree with their record) its message.
+                log.error("request failed", exc_info=exc.__cause__ is not None,
                           extra={"status": exc.status, "code": exc.code, "error": str(exc),
                                  "method": request.method.decode("latin-1"),
                                  "route": request.route})

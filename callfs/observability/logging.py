@@ -97,6 +97,8 @@ class SinkHandler(logging.Handler):
             self.handleError(record)
             return
         self.log.sink.append(line.encode("utf-8", "replace") + b"\n")
+        if record.levelno >= logging.WARNING:
+            self.log.wake()  # a warning or an error is written now, not at the next tick
 
     def flush(self) -> None:
         self.log.flush()
@@ -162,6 +164,9 @@ class Log:
         record.count = count
         formatter = ConsoleFormatter() if self.console else JSONFormatter()
         return formatter.format(record).encode() + b"\n"
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def stop(self) -> None:
         """Write what is pending and end the writer."""

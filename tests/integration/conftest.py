@@ -4,6 +4,7 @@ One server per test session serves most tests; each test works below its own dir
 (`ns`). Tests that need other settings (timeouts, workers) start their own with `launch`.
 """
 import http.client
+import json
 import os
 import secrets
 import signal
@@ -174,6 +175,28 @@ class Server:
     def log(self) -> str:
         with open(self.log_path, errors="replace") as fh:
             return fh.read()
+
+    def records(self) -> list[dict]:
+        """The JSON log records written so far."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                found.append(record)
+        return found
+
+    def wait_records(self, want, timeout: float = 5.0) -> list[dict]:
+        """The records that `want(record)` picks, once there is one: the server writes its
+        log from a thread of its own, a moment after the answer. [] after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [record for record in self.records() if want(record)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
 
 
 def cli_env() -> dict:

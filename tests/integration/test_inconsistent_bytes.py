@@ -78,16 +78,9 @@ def damaged(server, ns: str, how: str) -> str:
     return path
 
 
-def log_records(server, request_id: str) -> list[dict]:
-    found = []
-    for line in server.log().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("request_id") == request_id:
-            found.append(record)
-    return found
+def error_records(server, request_id: str) -> list[dict]:
+    return server.wait_records(lambda record: record.get("request_id") == request_id
+                               and record.get("level") == "error")
 
 
 def assert_logged_500(server, status, headers, body, request_id, method="GET", missing=False):
@@ -101,7 +94,7 @@ def assert_logged_500(server, status, headers, body, request_id, method="GET", m
         assert headers["content-type"] == "application/json"
         assert json.loads(body) == expected[1]
         assert b"Traceback" not in body and server.root.encode() not in body
-    records = [r for r in log_records(server, request_id) if r.get("level") == "error"]
+    records = error_records(server, request_id)
     assert records, f"no error logged for {request_id}"
     assert "exception" not in records[0]  # an expected finding, not a crash
 
@@ -189,7 +182,7 @@ def test_put_over_a_directory_where_the_file_should_be_says_storage_is_inconsist
     assert headers["x-request-id"] == "put-over-directory-1"
     assert json.loads(body) == {"code": "INTERNAL_ERROR", "message": INCONSISTENT}
     assert b"directory exists" not in body
-    assert [r for r in log_records(server, "put-over-directory-1") if r.get("level") == "error"]
+    assert error_records(server, "put-over-directory-1")
     # Nothing was overwritten or left behind: the directory and its content stay, the metadata
     # still records the old file, no staged file remains.
     assert os.listdir(server.disk(path)) == ["inside"]
