@@ -52,15 +52,16 @@ cdef tuple _VERSIONS = ("1.1", "1.0")  # the HTTP versions served; others are an
 cdef bint _HOST_BYTE[256]
 
 
-cdef int _allow_host_bytes(bytes allowed) except -1:
+cdef int _allow_bytes(bint* table, bytes allowed) except -1:
     cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(allowed)
     cdef Py_ssize_t i
     for i in range(PyBytes_GET_SIZE(allowed)):
-        _HOST_BYTE[raw[i]] = True
+        table[raw[i]] = True
     return 0
 
 
-_allow_host_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]")
+_allow_bytes(_HOST_BYTE,
+             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]")
 
 
 cpdef bint request_line_ok(bytes data):
@@ -131,15 +132,7 @@ MAX_CLIENT_ID = 128
 cdef bint _ID_BYTE[256]
 
 
-cdef int _allow_id_bytes(bytes allowed) except -1:
-    cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(allowed)
-    cdef Py_ssize_t i
-    for i in range(PyBytes_GET_SIZE(allowed)):
-        _ID_BYTE[raw[i]] = True
-    return 0
-
-
-_allow_id_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+_allow_bytes(_ID_BYTE, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
 
 
 cpdef bint client_request_id(value):
