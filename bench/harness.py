@@ -4,8 +4,9 @@
 
 ci/bench.sh builds the patched wrk, installs CallFS, and runs this file with what it found
 (--wrk, --nginx, --callfs, --ceiling). docs/benchmarks.md describes each workload and how to
-read the table. Servers run one at a time; every wait has a deadline; any wrong answer fails
-the run.
+read the table. Servers run one at a time, except that CallFS with and without its access log
+take turns; every wait has a deadline; any wrong answer, or a log that did not get a line per
+request, fails the run.
 """
 import argparse
 import dataclasses
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 
+import accesslog
 import loadgen
 import report
 from servers import (BenchError, CallFS, Ceiling, CpuSnapshot, Nginx, RssSampler, Server,
@@ -235,8 +237,8 @@ def caveats(w: Workload, result: loadgen.WrkResult, seen: Observed) -> list[str]
         found.append(f"socket errors {result.errors}")
     if seen.other_cpu_s > 0.05 * result.duration_s:
         names = ", ".join(f"{k} {v:.1f} s" for k, v in seen.other_processes.items())
-        found.append(f"other processes used {seen.other_cpu_s:.1f} s of CPU during the run "
-                     f"({names}): the number may be low")
+        found.append(f"other processes used {seen.other_cpu_s:.1f} s of CPU during the run"
+                     f"{f' ({names})' if names else ''}: the number may be low")
     busy = seen.cpu_busy
     if busy["stolen"] > 0.05:
         found.append(f"the hypervisor took {busy['stolen']:.0%} of the CPUs' time during the "
@@ -251,6 +253,26 @@ def caveats(w: Workload, result: loadgen.WrkResult, seen: Observed) -> list[str]
     return found
 
 
+def check_access_log(server: Server, w: Workload, result: loadgen.WrkResult,
+                     ctx: Context) -> accesslog.Tally | None:
+    """What the server's access log received during the timed run, which must be about a line
+    per request when it logs, and nothing when it does not; lines it dropped go into a note."""
+    log = server.access_log
+    if log is None:
+        return None
+    logged = log.count()
+    problem = accesslog.problem(server.logs_access, result.requests, logged)
+    if problem:
+        raise BenchError(f"{server.name}, {w.key}: {problem}\n{server.process.log_tail()}")
+    # Counted: the lines' write-back must not fall into another run.
+    log.empty()
+    if logged.dropped:
+        ctx.notes.append(f"{server.name}, {w.key}: the server reported {logged.dropped:,} "
+                         f"access lines dropped of {logged.lines + logged.dropped:,} "
+                         f"({logged.dropped / (logged.lines + logged.dropped):.1%})")
+    return logged
+
+
 def measure(server: Server, w: Workload, ctx: Context) -> dict:
     """Check the answer, warm up, then time one workload on one server: one row of results."""
     verify(server, w, ctx)
@@ -260,10 +282,13 @@ def measure(server: Server, w: Workload, ctx: Context) -> dict:
         # Start with no dirty pages from earlier writes, and leave none behind: the kernel's
         # write-back would otherwise slow down whichever run comes next.
         os.sync()
+    if server.access_log is not None:
+        server.access_log.begin()
     result, seen = timed_run(server, w, ctx)
+    loadgen.check_result(server.name, w.key, result, w.by_bytes)
+    logged = check_access_log(server, w, result, ctx)
     if w.method == "PUT":
         os.sync()
-    loadgen.check_result(server.name, w.key, result, w.by_bytes)
     ctx.notes += [f"{server.name}, {w.key}: {n}" for n in caveats(w, result, seen)]
     size = ctx.files[w.file].size
     # PUT: the payload is the request bodies sent; otherwise what wrk received.
@@ -281,43 +306,60 @@ def measure(server: Server, w: Workload, ctx: Context) -> dict:
         "latency_us": result.latency_us, "errors": result.errors,
         "wrk_cpu_s": round(result.cpu_s, 2), **dataclasses.asdict(seen),
         "tls": ctx.negotiated.get(server.name) if w.tls else None,
+        # Whether it logged each request, and what its access log received during the run.
+        "access_log": None if logged is None else {"on": server.logs_access,
+                                                   **logged.as_dict()},
     }
 
 
-def run_session(server: Server, chosen: list[Workload], ctx: Context) -> None:
-    print(f"-- {server.name}, {server.workers} worker(s) on CPU {server.cpus}", file=sys.stderr)
-    server.start()
+def run_session(servers: list[Server], chosen: list[Workload], ctx: Context) -> None:
+    """One server, or CallFS with and without its access log: both run, and take turns at
+    each workload (in alternating order), so that their ratio is of runs seconds apart."""
+    started: list[Server] = []
+    current = servers[0]
     try:
-        if server.tls is not None:
-            ctx.negotiated[server.name] = found = negotiated(server.port, server.tls)
-            print(f"   TLS: {found['version']}, {found['cipher']}", file=sys.stderr)
-            seen = {(v["version"], v["cipher"]) for v in ctx.negotiated.values()}
-            if len(seen) > 1:
-                ctx.notes.append(f"the TLS servers negotiated different suites: {ctx.negotiated}")
-        if isinstance(server, CallFS):
-            load_callfs(server, ctx, {w.file for w in chosen if w.method != "PUT"})
+        for current in servers:
+            print(f"-- {current.name}, {current.workers} worker(s) on CPU {current.cpus}",
+                  file=sys.stderr)
+            started.append(current)
+            current.start()
+            if current.tls is not None:
+                ctx.negotiated[current.name] = found = negotiated(current.port, current.tls)
+                print(f"   TLS: {found['version']}, {found['cipher']}", file=sys.stderr)
+                seen = {(v["version"], v["cipher"]) for v in ctx.negotiated.values()}
+                if len(seen) > 1:
+                    ctx.notes.append("the TLS servers negotiated different suites: "
+                                     f"{ctx.negotiated}")
+            if isinstance(current, CallFS):
+                load_callfs(current, ctx, {w.file for w in chosen if w.method != "PUT"})
+        if any(isinstance(s, CallFS) for s in servers):
             # The data set was just written: let its write-back finish before anything is
             # timed, or it competes with the first runs for the CPUs.
             os.sync()
-        for w in chosen:
-            row = measure(server, w, ctx)
-            ctx.results.append(row)
-            print(f"   {w.key:5} {w.title:40} {report.summary(row)}", file=sys.stderr)
+        for i, w in enumerate(chosen):
+            for current in servers if i % 2 == 0 else servers[::-1]:
+                row = measure(current, w, ctx)
+                ctx.results.append(row)
+                label = current.name if len(servers) > 1 else ""
+                print(f"   {w.key:5} {w.title:40} {report.summary(row)}"
+                      + (f"  [{label}]" if label else ""), file=sys.stderr)
     except (OSError, http.client.HTTPException) as exc:
         # Usually the server died or hung up: its log says why.
-        raise BenchError(f"{server.name}: {exc!r}\n{server.process.log_tail()}") from exc
+        raise BenchError(f"{current.name}: {exc!r}\n"
+                         f"{current.process.log_tail() if current.process else ''}") from exc
     finally:
-        server.stop()
+        for server in started:
+            server.stop()
 
 
 # -- the whole run ----------------------------------------------------------------------------
 
 def plan(args, chosen: list[Workload], tmp: str, key: str, cpus: dict) -> list:
-    """(server, workloads) in the order they run: one server at a time."""
+    """(servers, workloads) in the order they run: one session at a time, of one server, or of
+    CallFS with and without its access log."""
     pinned = [w for w in chosen if w.workers == 1]
     doubled = [w for w in chosen if w.workers == 2]
     nginx_root = os.path.join(tmp, "nginx-root")
-    callfs_data = os.path.join(tmp, "callfs-data")
     sessions, n = [], 0
 
     def workdir(name):
@@ -326,38 +368,42 @@ def plan(args, chosen: list[Workload], tmp: str, key: str, cpus: dict) -> list:
         return os.path.join(tmp, f"{n:02}-{name}")
 
     def ceiling(mode, cpu):
-        return Ceiling(sys.executable, args.ceiling, os.path.join(tmp, "ceiling-files"),
-                       workdir("ceiling"), cpu, mode)
+        return [Ceiling(sys.executable, args.ceiling, os.path.join(tmp, "ceiling-files"),
+                        workdir("ceiling"), cpu, mode)]
+
+    def callfs(name, cpu, **kw):
+        """CallFS as configured by default, and the same build with its access log off: two
+        servers alive at once, so each has a data directory of its own."""
+        return [CallFS(args.callfs, os.path.join(tmp, "callfs-data"), key, workdir(name), cpu,
+                       **kw),
+                CallFS(args.callfs, os.path.join(tmp, "callfs-data-log-off"), key,
+                       workdir(name + "-log-off"), cpu, access_log=False, **kw)]
 
     tls = [w for w in pinned if w.tls]
     pinned = [w for w in pinned if not w.tls]
     if pinned:
         cpu = cpus["server"]
-        sessions.append((Nginx(args.nginx, nginx_root, workdir("nginx"), cpu), pinned))
+        sessions.append(([Nginx(args.nginx, nginx_root, workdir("nginx"), cpu)], pinned))
         small = [w for w in pinned if w.ceiling]
         if args.ceiling and small:
             sessions += [(ceiling("bytes", cpu), small), (ceiling("sendfile", cpu), small)]
-        sessions.append((CallFS(args.callfs, callfs_data, key, workdir("callfs"), cpu),
-                         pinned))
+        sessions.append((callfs("callfs", cpu), pinned))
         puts = [w for w in pinned if w.method == "PUT"]
         if puts:
-            sessions.append((CallFS(args.callfs, callfs_data, key, workdir("callfs"), cpu,
-                                    fsync=True), puts))
+            sessions.append((callfs("callfs", cpu, fsync=True), puts))
     if tls:
         # One certificate for both, made for this run.
         cert, cpu = make_certificate(os.path.join(tmp, "tls")), cpus["server"]
-        sessions.append((Nginx(args.nginx, nginx_root, workdir("nginx-tls"), cpu,
-                               certificate=cert), tls))
-        sessions.append((CallFS(args.callfs, callfs_data, key, workdir("callfs-tls"), cpu,
-                                certificate=cert), tls))
+        sessions.append(([Nginx(args.nginx, nginx_root, workdir("nginx-tls"), cpu,
+                                certificate=cert)], tls))
+        sessions.append((callfs("callfs-tls", cpu, certificate=cert), tls))
     if doubled:
         cpu = cpus["all"]
-        sessions.append((Nginx(args.nginx, nginx_root, workdir("nginx"), cpu, workers=2),
+        sessions.append(([Nginx(args.nginx, nginx_root, workdir("nginx"), cpu, workers=2)],
                          doubled))
         if args.ceiling:
             sessions.append((ceiling("bytes", cpu), doubled))
-        sessions.append((CallFS(args.callfs, callfs_data, key, workdir("callfs"), cpu,
-                                workers=2), doubled))
+        sessions.append((callfs("callfs", cpu, workers=2), doubled))
     return sessions
 
 
@@ -428,8 +474,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="callfs-bench-") as tmp:
         try:
             ctx.files = prepare(tmp, chosen)
-            for server, session_workloads in plan(args, chosen, tmp, key, cpus):
-                run_session(server, session_workloads, ctx)
+            for servers, session_workloads in plan(args, chosen, tmp, key, cpus):
+                run_session(servers, session_workloads, ctx)
         except BenchError as exc:
             error = str(exc)
     environment = report.environment(repo, cpus, {

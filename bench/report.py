@@ -8,7 +8,10 @@ import subprocess
 # field -> unit shown in the row's label
 UNITS = {"req_per_s": "req/s", "mb_per_s": "MB/s", "p50_us": "p50 µs", "p99_us": "p99 µs",
          "rss_peak_mib": "peak RSS MiB"}
-HEADER = ("workload", "nginx", "ceiling", "CallFS", "CallFS/nginx", "CallFS/ceiling")
+HEADER = ("workload", "nginx", "ceiling", "CallFS", "CallFS log off", "CallFS/nginx",
+          "CallFS/ceiling", "log on/off")
+LOWER_IS_BETTER = {"p50_us", "p99_us", "rss_peak_mib"}
+LOG_TARGET = 0.05  # the access log's cost a row may show: within 5 % of the log off
 
 
 def _value(row: dict | None, field: str) -> float | None:
@@ -34,46 +37,55 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def summary(row: dict) -> str:
     """One progress line for stderr."""
     lat = row["latency_us"]
+    log = row["access_log"]
+    logged = "" if log is None else (f"; access log {log['lines']:,} lines"
+                                     + (f", {log['dropped']:,} dropped" if log["dropped"]
+                                        else ""))
     return (f"{row['req_per_s']:>10,.0f} req/s {row['mb_per_s']:>8,.0f} MB/s  "
             f"p50 {lat['p50']:,} µs p99 {lat['p99']:,} µs  "
             f"RSS {row['rss_peak_kib'] / 1024:,.1f} MiB  CPU busy: server "
             f"{row['cpu_busy']['server_cpus']:.0%}, wrk {row['cpu_busy']['load_cpus']:.0%}, "
-            f"stolen {row['cpu_busy']['stolen']:.0%}; others used {row['other_cpu_s']:.1f} s")
+            f"stolen {row['cpu_busy']['stolen']:.0%}; others used {row['other_cpu_s']:.1f} s"
+            f"{logged}")
 
 
 def table(workloads, results: list[dict]) -> list[dict]:
     """The rows of the table, in order, as numbers (None where there is no measurement)."""
 
-    def find(key, column, variant=None):
+    def find(key, column, variant=None, logged=True):
         for r in results:
             if r["workload"] == key and r["server"] == column \
-                    and (variant is None or r["variant"] == variant):
+                    and (variant is None or r["variant"] == variant) \
+                    and (column != "callfs" or r["access_log"]["on"] == logged):
                 return r
         return None
 
     rows = []
 
-    def add(w, field, label, callfs="fsync off", ceiling="bytes"):
+    def add(w, field, label, callfs="fsync off", ceiling="bytes", repeat=False):
         values = {"nginx": _value(find(w.key, "nginx"), field),
                   "ceiling": _value(find(w.key, "ceiling", ceiling), field),
-                  "callfs": _value(find(w.key, "callfs", callfs), field)}
+                  "callfs": _value(find(w.key, "callfs", callfs), field),
+                  "callfs_log_off": _value(find(w.key, "callfs", callfs, logged=False), field)}
         rows.append({"workload": f"{w.group} {label} ({UNITS[field]})", "field": field,
                      **values,
                      "callfs_per_nginx": _ratio(values["callfs"], values["nginx"]),
-                     "callfs_per_ceiling": _ratio(values["callfs"], values["ceiling"])})
+                     "callfs_per_ceiling": _ratio(values["callfs"], values["ceiling"]),
+                     "log_on_per_off": _ratio(values["callfs"], values["callfs_log_off"]),
+                     "repeat": repeat})
 
     def add_workload(w, suffix="", ceiling="bytes"):
-        title = w.title + suffix
+        title, repeat = w.title + suffix, ceiling != "bytes"
         if w.by_bytes:
             add(w, "mb_per_s", title)
         elif w.latency:
-            add(w, "p50_us", title, ceiling=ceiling)
-            add(w, "p99_us", title, ceiling=ceiling)
+            add(w, "p50_us", title, ceiling=ceiling, repeat=repeat)
+            add(w, "p99_us", title, ceiling=ceiling, repeat=repeat)
         elif w.method == "PUT":
             add(w, "req_per_s", title + ", fsync off")
             add(w, "req_per_s", title + ", fsync on", callfs="fsync on")
         else:
-            add(w, "req_per_s", title, ceiling=ceiling)
+            add(w, "req_per_s", title, ceiling=ceiling, repeat=repeat)
         if w.rss and not suffix:
             add(w, "rss_peak_mib", title)
 
@@ -81,12 +93,27 @@ def table(workloads, results: list[dict]) -> list[dict]:
     for w in pinned:
         add_workload(w)
     for w in pinned:
-        if w.ceiling:
+        # Only when the ceiling ran in that mode: otherwise the row would repeat another.
+        if w.ceiling and find(w.key, "ceiling", "sendfile") is not None:
             add_workload(w, ", ceiling sendfile", ceiling="sendfile")
     for w in workloads:
         if w.workers != 1:
             add_workload(w, " unpinned")
     return rows
+
+
+def over_log_target(rows: list[dict]) -> list[dict]:
+    """The rows (repeats left out) where CallFS with its access log is more than LOG_TARGET
+    slower, or larger, than without."""
+    found = []
+    for row in rows:
+        on, off = row["callfs"], row["callfs_log_off"]
+        if row["repeat"] or on is None or not off:
+            continue
+        cost = on / off - 1 if row["field"] in LOWER_IS_BETTER else 1 - on / off
+        if cost > LOG_TARGET:
+            found.append(row)
+    return found
 
 
 def _git(repo: str, *args) -> str | None:
@@ -126,7 +153,7 @@ def environment(repo: str, cpus: dict, versions: dict) -> dict:
 
 def document(args, started, elapsed: float, env: dict, ctx, workloads, error) -> dict:
     return {
-        "schema": 1,
+        "schema": 2,
         "status": "failed" if error else "ok",
         "error": error,
         "started": started.isoformat(timespec="seconds"),
@@ -155,11 +182,10 @@ def render(doc: dict) -> str:
     cells = [HEADER]
     for row in doc["table"]:
         field = row["field"]
-        cells.append((row["workload"], _format(row["nginx"], field),
-                      _format(row["ceiling"], field), _format(row["callfs"], field),
-                      "—" if row["callfs_per_nginx"] is None else f"{row['callfs_per_nginx']:.2f}",
-                      "—" if row["callfs_per_ceiling"] is None
-                      else f"{row['callfs_per_ceiling']:.2f}"))
+        cells.append((row["workload"], *(_format(row[k], field) for k in
+                                         ("nginx", "ceiling", "callfs", "callfs_log_off")),
+                      *("—" if row[k] is None else f"{row[k]:.2f}" for k in
+                        ("callfs_per_nginx", "callfs_per_ceiling", "log_on_per_off"))))
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
 
     def line(c):
@@ -177,6 +203,12 @@ def render(doc: dict) -> str:
             f"wrk on CPU {pin['load_cpus']} (unpinned rows: CPUs {pin['unpinned_cpus']}). "
             "MB = 10^6 bytes.",
             "µs and MiB rows: lower is better, so there a ratio above 1 means CallFS is slower "
-            "or larger."]
+            "or larger.",
+            "CallFS and nginx log each request as they do by default; CallFS log off: the same "
+            "build at log.level warn, in turns with it."]
+    over = over_log_target(doc["table"])
+    if over:
+        out.append(f"the access log costs more than {LOG_TARGET:.0%} in: " + "; ".join(
+            f"{row['workload']} {row['log_on_per_off']:.2f}" for row in over))
     out += [f"note: {n}" for n in doc["notes"]]
     return "\n".join(out)

@@ -7,7 +7,10 @@ and the response goes to a transport that discards it: what is left is the parse
 head callbacks and hot path (authentication, path, cache, the answer), and the join of the
 response. The same is measured for the ceiling's handler (../shared/bench/pyceiling.py, its
 answer prebuilt). Best of five rounds, microseconds per request. The CallFS side is the real
-connection class on a real engine (SQLite behind the generation cache, a local backend).
+connection class on a real engine (SQLite behind the generation cache, a local backend),
+counting in the shared metrics table as a worker does. It is measured twice: with the access
+log off, and on, its buffer emptied every 1,000 requests as the writer thread would (the write
+to the file, in that thread, is left out).
 """
 import os
 import sys
@@ -22,9 +25,14 @@ sys.path.insert(0, os.path.join(_REPO, "tests", "unit"))
 sys.path.insert(0, os.path.join(_REPO, "..", "shared", "bench"))
 
 import test_httphead  # noqa: E402  (builds the site the hot path's tests use)
+from callfs._native.logsink import LogSink  # noqa: E402
 from callfs.http.hotpath import hot_path  # noqa: E402
 from callfs.http.protocol import HttpProtocol  # noqa: E402
 from callfs.http.router import HSTS, SECURITY_HEADERS  # noqa: E402
+from callfs.observability import metrics as measures  # noqa: E402
+
+BATCH = 1000  # requests between two emptyings of the access log's buffer
+ACCESS_LINE = b'"logger":"callfs.access"'
 
 
 class Discard:
@@ -46,27 +54,45 @@ def request(method: bytes, target: bytes) -> bytes:
             b"Authorization: Bearer " + test_httphead.KEY.encode() + b"\r\n\r\n")
 
 
-def cost(feed, data: bytes, count: int) -> float:
-    for _ in range(1000):
+def cost(feed, data: bytes, rounds: int, sink: LogSink | None = None) -> float:
+    """µs per request, best of five: `rounds` batches of BATCH requests each."""
+    for _ in range(BATCH):
         feed(data)
     best = float("inf")
     for _ in range(5):
+        if sink is not None:
+            sink.discard()
         started = time.perf_counter()
-        for _ in range(count):
-            feed(data)
-        best = min(best, (time.perf_counter() - started) / count)
+        for _ in range(rounds):
+            for _ in range(BATCH):
+                feed(data)
+            if sink is not None:
+                sink.take()
+        best = min(best, (time.perf_counter() - started) / (rounds * BATCH))
     return best * 1e6
 
 
-def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    loop = uvloop.new_event_loop()
-    engine, auth, close = test_httphead.make_site(tempfile.mkdtemp(prefix="callfs-cost-"))
-    hot = hot_path(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS)
+def connection(loop, auth, engine, metrics, sink: LogSink | None):
+    """A connection of a worker whose hot path counts in `metrics` and logs to `sink`."""
+    hot = hot_path(auth=auth, engine=engine, security=SECURITY_HEADERS, hsts=HSTS,
+                   tally=metrics.tally, cells=metrics.hot_cells(),
+                   read_cells=metrics.read_cells(), log=sink)
     state = types.SimpleNamespace(app=None, hot=hot, loop=loop, tls=False, connections=set(),
-                                  draining=False)
+                                  draining=False, metrics=metrics, access=sink)
     conn = HttpProtocol(state)
     conn.connection_made(Discard())
+    return hot, conn
+
+
+def main() -> None:
+    rounds = max(1, (int(sys.argv[1]) if len(sys.argv) > 1 else 200_000) // BATCH)
+    loop = uvloop.new_event_loop()
+    engine, auth, close = test_httphead.make_site(tempfile.mkdtemp(prefix="callfs-cost-"))
+    metrics = measures.Metrics(measures.table(2))
+    metrics.claim(1)
+    sink = LogSink(instance="bench")
+    quiet = connection(loop, auth, engine, metrics, None)
+    logged = connection(loop, auth, engine, metrics, sink)
 
     import pyceiling
     body = os.urandom(4096)
@@ -75,13 +101,23 @@ def main() -> None:
     ceiling = pyceiling.Handler({b"small": (head, body, -1, 4096)}, "bytes")
     ceiling.connection_made(Discard())
 
-    print(f"{'':10} {'ceiling':>9} {'CallFS':>9}   (µs per request, best of 5 x {count:,})")
+    print(f"{'':10} {'ceiling':>9} {'CallFS':>9} {'log on':>9}   "
+          f"(µs per request, best of 5 x {rounds * BATCH:,})")
     for method in (b"GET", b"HEAD"):
-        before = hot.answered
-        ours = cost(conn.data_received, request(method, b"/v1/files/d/small"), count)
-        assert hot.answered - before == 1000 + 5 * count, "the hot path did not answer"
-        theirs = cost(ceiling.data_received, request(method, b"/small"), count)
-        print(f"{method.decode() + ' 4 KiB':10} {theirs:9.2f} {ours:9.2f}")
+        data = request(method, b"/v1/files/d/small")
+        ours = []
+        for (hot, conn), log in ((quiet, None), (logged, sink)):
+            before = hot.answered
+            ours.append(cost(conn.data_received, data, rounds, log))
+            assert hot.answered - before == BATCH * (1 + 5 * rounds), \
+                "the hot path did not answer"
+        # The log-on rounds did log: one more request leaves one access line.
+        sink.discard()
+        logged[1].data_received(data)
+        lines, dropped = sink.take()
+        assert lines.count(ACCESS_LINE) == 1 and not dropped, lines
+        theirs = cost(ceiling.data_received, request(method, b"/small"), rounds)
+        print(f"{method.decode() + ' 4 KiB':10} {theirs:9.2f} {ours[0]:9.2f} {ours[1]:9.2f}")
     close()
     loop.close()
 

@@ -15,10 +15,13 @@ import subprocess
 import threading
 import time
 
+from accesslog import CALLFS_ACCESS, CALLFS_DROPPED, CALLFS_QUIET, AccessLog
+
 READY_SECONDS = 30.0
 STOP_SECONDS = 35.0  # CallFS drains for at most 30 s on SIGTERM
 RSS_INTERVAL = 0.05
 _MEMBERS_EVERY = 20  # re-list a server's processes once a second (workers may be replaced)
+_TAIL_BYTES = 4 << 20  # how much of the end of a log the tail of a failure is looked for in
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -73,11 +76,17 @@ def negotiated(port: int, tls: ssl.SSLContext) -> dict:
 
 
 class Process:
-    """A server process and everything it forks, kept together as one process group."""
+    """A server process and everything it forks, kept together as one process group. Its
+    stdout and stderr go to `log_path`; `chatter` marks the lines a failure's tail leaves out
+    (access lines, which would bury the error)."""
 
-    def __init__(self, argv: list[str], log_path: str, cwd: str | None = None):
+    def __init__(self, argv: list[str], log_path: str, cwd: str | None = None,
+                 chatter: bytes | None = None):
         self.log_path = log_path
-        with open(log_path, "wb") as log:
+        self.chatter = chatter
+        # Appending: each worker's write lands at the end, and the harness may empty the file
+        # between runs (accesslog.py).
+        with open(log_path, "ab") as log:
             self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, cwd=cwd,
                                           start_new_session=True)
@@ -95,9 +104,13 @@ class Process:
     def log_tail(self, lines: int = 20) -> str:
         try:
             with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
+                f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL_BYTES))
+                found = f.read().splitlines()
         except OSError:
             return ""
+        if self.chatter is not None:
+            found = [line for line in found if self.chatter not in line]
+        return b"\n".join(found[-lines:]).decode("utf-8", "replace")
 
     def stop(self) -> None:
         """SIGTERM to the whole group, SIGKILL to whatever is left after the drain deadline."""
@@ -237,6 +250,8 @@ class Server:
     """One configured server: start, wait until it answers, stop. Subclasses build argv."""
 
     column = ""  # which column of the table: nginx, ceiling or callfs
+    access_log: AccessLog | None = None  # where it logs each request, if it does
+    logs_access = False  # whether it should
 
     def __init__(self, workdir: str, cpus: str, workers: int = 1, variant: str = "",
                  certificate: Certificate | None = None):
@@ -260,11 +275,17 @@ class Server:
     def ready_path(self) -> str:
         return "/"
 
+    @property
+    def chatter(self) -> bytes | None:
+        """What marks the lines of server.log a failure's tail leaves out."""
+        return None
+
     def start(self) -> None:
         os.makedirs(self.workdir, exist_ok=True)
         self.port = free_port()
         argv = ["taskset", "-c", self.cpus] + self.argv()
-        self.process = Process(argv, os.path.join(self.workdir, "server.log"), cwd=self.workdir)
+        self.process = Process(argv, os.path.join(self.workdir, "server.log"), cwd=self.workdir,
+                               chatter=self.chatter)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -302,6 +323,9 @@ class Nginx(Server):
         super().__init__(workdir, cpus, workers, certificate=certificate)
         self.binary = binary
         self.root = root
+        # nginx's default: the combined format, a write per request (no buffer).
+        self.access_log = AccessLog(os.path.join(workdir, "access.log"))
+        self.logs_access = True
 
     def argv(self) -> list[str]:
         with open(os.path.join(_HERE, "nginx.conf.in")) as f:
@@ -320,6 +344,7 @@ class Nginx(Server):
                               "ssl_protocols TLSv1.2 TLSv1.3;", f"ssl_ciphers {CIPHERS};"])
         for field, value in (("@USER@", user), ("@WORKERS@", str(self.workers)),
                              ("@TMP@", self.workdir), ("@PORT@", str(self.port)),
+                             ("@ACCESS_LOG@", self.access_log.path),
                              ("@ROOT@", self.root), ("@SSL@", ssl_listen), ("@TLS@", tls)):
             text = text.replace(field, value)
         conf = os.path.join(self.workdir, "nginx.conf")
@@ -347,21 +372,36 @@ class Ceiling(Server):
 
 
 class CallFS(Server):
-    """`callfs server` with a single-node SQLite configuration written for the run."""
+    """`callfs server` with a single-node SQLite configuration written for the run. Its logs
+    are the default ones (level info, JSON: a line per request), on stderr, to server.log;
+    with `access_log=False`, level warn: the same build without its access log."""
 
     column = "callfs"
 
     def __init__(self, binary: str, data: str, key: str, workdir: str, cpus: str,
-                 workers: int = 1, fsync: bool = False, certificate: Certificate | None = None):
+                 workers: int = 1, fsync: bool = False, certificate: Certificate | None = None,
+                 access_log: bool = True):
         super().__init__(workdir, cpus, workers, "fsync on" if fsync else "fsync off",
                          certificate)
         self.binary = binary
         self.data = data
         self.key = key
         self.fsync = fsync
+        self.logs_access = access_log
+        self.access_log = AccessLog(os.path.join(workdir, "server.log"), CALLFS_ACCESS,
+                                    CALLFS_DROPPED, CALLFS_QUIET)
+
+    @property
+    def name(self) -> str:
+        name = f"{self.column} ({self.variant}{'' if self.logs_access else ', log off'})"
+        return name + " over TLS" if self.certificate is not None else name
 
     def ready_path(self) -> str:
         return "/health"
+
+    @property
+    def chatter(self) -> bytes | None:
+        return CALLFS_ACCESS
 
     def config(self) -> str:
         """The YAML configuration; every value is written as a JSON string or literal."""
@@ -381,8 +421,8 @@ class CallFS(Server):
             f"    bench: {q(self.key)}",
             f"  internal_proxy_secret: {q(secrets.token_urlsafe(32))}",
             f"  single_use_link_secret: {q(secrets.token_urlsafe(32))}",
-            "log:",
-            '  level: "error"',  # a log line per request would be part of the measurement
+            # The default log (info, JSON) is left as it is; warn leaves out the access lines.
+            *([] if self.logs_access else ["log:", '  level: "warn"']),
             "metrics:",
             '  listen_addr: ""',  # the default :9090 would listen on every interface
             "backend:",

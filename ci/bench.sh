@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark command: CallFS against nginx and against a bare uvloop + httptools server (the
-# "ceiling"), on loopback, one server at a time, driven by a patched wrk. Prints one table and
-# writes every raw number to a JSON file. What each workload is: docs/benchmarks.md.
+# "ceiling"), on loopback, one server at a time, driven by a patched wrk; CallFS and nginx log
+# each request as they do by default, and CallFS also runs with its access log off, in turns
+# with itself. Prints one table and writes every raw number to a JSON file. What each workload
+# is: docs/benchmarks.md.
 # Usage: ci/bench.sh [--duration SECONDS] [--smoke] [--only a,b,...] [--json PATH]
 #
 # Environment: CALLFS_VENV (use this existing installation as it is, instead of installing the
