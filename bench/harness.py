@@ -154,6 +154,7 @@ class Context:
     all_cpus: str
     results: list
     notes: list
+    turns: int = 1  # timed runs per workload of each CallFS server of a pair
     negotiated: dict = dataclasses.field(default_factory=dict)  # server name -> TLS version, suite
 
 
@@ -314,7 +315,8 @@ def measure(server: Server, w: Workload, ctx: Context) -> dict:
 
 def run_session(servers: list[Server], chosen: list[Workload], ctx: Context) -> None:
     """One server, or CallFS with and without its access log: both run, and take turns at
-    each workload (in alternating order), so that their ratio is of runs seconds apart."""
+    each workload (`--turns` each, in alternating order), so that each ratio is of runs
+    seconds apart."""
     started: list[Server] = []
     current = servers[0]
     try:
@@ -336,13 +338,16 @@ def run_session(servers: list[Server], chosen: list[Workload], ctx: Context) -> 
             # The data set was just written: let its write-back finish before anything is
             # timed, or it competes with the first runs for the CPUs.
             os.sync()
+        turns = ctx.turns if len(servers) > 1 else 1
         for i, w in enumerate(chosen):
-            for current in servers if i % 2 == 0 else servers[::-1]:
-                row = measure(current, w, ctx)
-                ctx.results.append(row)
-                label = current.name if len(servers) > 1 else ""
-                print(f"   {w.key:5} {w.title:40} {report.summary(row)}"
-                      + (f"  [{label}]" if label else ""), file=sys.stderr)
+            for turn in range(turns):
+                for current in servers if (i + turn) % 2 == 0 else servers[::-1]:
+                    row = measure(current, w, ctx)
+                    row["turn"] = turn
+                    ctx.results.append(row)
+                    label = current.name if len(servers) > 1 else ""
+                    print(f"   {w.key:5} {w.title:40} {report.summary(row)}"
+                          + (f"  [{label}]" if label else ""), file=sys.stderr)
     except (OSError, http.client.HTTPException) as exc:
         # Usually the server died or hung up: its log says why.
         raise BenchError(f"{current.name}: {exc!r}\n"
@@ -422,6 +427,9 @@ def parse_args(argv):
                    "machinery works: short runs, small files, no 1 GiB, no 2-worker run")
     p.add_argument("--only", metavar="LETTERS", help="comma-separated workload letters "
                    f"({','.join(GROUPS)}; w = the 2-worker run, t = the TLS rows)")
+    p.add_argument("--turns", type=int, default=1, metavar="N", help="timed runs of each "
+                   "workload for CallFS with and for CallFS without its access log, in "
+                   "alternation; the table shows medians (default 1)")
     p.add_argument("--json", metavar="PATH", help="where to write the raw results (default: "
                    "bench/results/bench-<time>.json)")
     # Filled in by ci/bench.sh.
@@ -436,6 +444,8 @@ def parse_args(argv):
         args.duration = 1.0 if args.smoke else 10.0
     if args.duration <= 0:
         p.error("--duration must be positive")
+    if args.turns < 1:
+        p.error("--turns must be 1 or more")
     args.only = set(GROUPS) if not args.only else set(args.only.replace(" ", "").split(","))
     if not args.only <= set(GROUPS):
         p.error(f"--only takes letters from {','.join(GROUPS)}")
@@ -464,7 +474,7 @@ def main(argv=None) -> int:
 
     key = secrets.token_urlsafe(24)
     ctx = Context(args.wrk, key, {}, args.duration, 0.0 if args.smoke else 1.0,
-                  cpus["load"], cpus["all"], [], [])
+                  cpus["load"], cpus["all"], [], [], args.turns)
     if not args.ceiling:
         ctx.notes.append("ceiling: pyceiling.py not found (set CALLFS_CEILING); column empty")
     if cpus["shared"]:

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import subprocess
 
 # field -> unit shown in the row's label
@@ -22,6 +23,11 @@ def _value(row: dict | None, field: str) -> float | None:
     if field == "rss_peak_mib":
         return row["rss_peak_kib"] / 1024
     return row[field]
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def _format(value: float | None, field: str) -> str:
@@ -52,26 +58,33 @@ def summary(row: dict) -> str:
 def table(workloads, results: list[dict]) -> list[dict]:
     """The rows of the table, in order, as numbers (None where there is no measurement)."""
 
+    def runs(key, column, variant=None, logged=True) -> list[dict]:
+        """The timed runs of one cell, in turn order (several for CallFS with --turns)."""
+        return [r for r in results
+                if r["workload"] == key and r["server"] == column
+                and (variant is None or r["variant"] == variant)
+                and (column != "callfs" or r["access_log"]["on"] == logged)]
+
     def find(key, column, variant=None, logged=True):
-        for r in results:
-            if r["workload"] == key and r["server"] == column \
-                    and (variant is None or r["variant"] == variant) \
-                    and (column != "callfs" or r["access_log"]["on"] == logged):
-                return r
-        return None
+        found = runs(key, column, variant, logged)
+        return found[0] if found else None
 
     rows = []
 
     def add(w, field, label, callfs="fsync off", ceiling="bytes", repeat=False):
+        on = [_value(r, field) for r in runs(w.key, "callfs", callfs)]
+        off = [_value(r, field) for r in runs(w.key, "callfs", callfs, logged=False)]
         values = {"nginx": _value(find(w.key, "nginx"), field),
                   "ceiling": _value(find(w.key, "ceiling", ceiling), field),
-                  "callfs": _value(find(w.key, "callfs", callfs), field),
-                  "callfs_log_off": _value(find(w.key, "callfs", callfs, logged=False), field)}
+                  "callfs": _median(on), "callfs_log_off": _median(off)}
+        # Each turn's pair was measured seconds apart: the ratio is the median of theirs.
+        pairs = [a / b for a, b in zip(on, off) if a is not None and b]
         rows.append({"workload": f"{w.group} {label} ({UNITS[field]})", "field": field,
                      **values,
                      "callfs_per_nginx": _ratio(values["callfs"], values["nginx"]),
                      "callfs_per_ceiling": _ratio(values["callfs"], values["ceiling"]),
-                     "log_on_per_off": _ratio(values["callfs"], values["callfs_log_off"]),
+                     "log_on_per_off": round(statistics.median(pairs), 2) if pairs else None,
+                     "log_on_per_off_turns": [round(x, 3) for x in pairs],
                      "repeat": repeat})
 
     def add_workload(w, suffix="", ceiling="bytes"):
@@ -159,7 +172,8 @@ def document(args, started, elapsed: float, env: dict, ctx, workloads, error) ->
         "started": started.isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
         "options": {"duration_s": args.duration, "warmup_s": ctx.warmup, "smoke": args.smoke,
-                    "only": sorted(args.only), "ceiling": args.ceiling or None},
+                    "only": sorted(args.only), "ceiling": args.ceiling or None,
+                    "turns": args.turns},
         "environment": env,
         "workloads": [dataclasses.asdict(w) | {"path": w.path} for w in workloads],
         "results": ctx.results,
@@ -199,7 +213,10 @@ def render(doc: dict) -> str:
     out += [line(c) for c in cells[1:]]
     pin = doc["environment"]["pinning"]
     out += ["",
-            f"{doc['options']['duration_s']:g} s per run; servers on CPU {pin['server_cpus']}, "
+            f"{doc['options']['duration_s']:g} s per run"
+            + (f" (CallFS: {doc['options']['turns']} turns each with and without its access "
+               "log, medians)" if doc["options"].get("turns", 1) > 1 else "")
+            + f"; servers on CPU {pin['server_cpus']}, "
             f"wrk on CPU {pin['load_cpus']} (unpinned rows: CPUs {pin['unpinned_cpus']}). "
             "MB = 10^6 bytes.",
             "µs and MiB rows: lower is better, so there a ratio above 1 means CallFS is slower "

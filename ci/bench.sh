@@ -4,7 +4,7 @@
 # each request as they do by default, and CallFS also runs with its access log off, in turns
 # with itself. Prints one table and writes every raw number to a JSON file. What each workload
 # is: docs/benchmarks.md.
-# Usage: ci/bench.sh [--duration SECONDS] [--smoke] [--only a,b,...] [--json PATH]
+# Usage: ci/bench.sh [--duration SECONDS] [--smoke] [--only a,b,...] [--turns N] [--json PATH]
 #
 # Environment: CALLFS_VENV (use this existing installation as it is, instead of installing the
 # checkout into .venv), CALLFS_CEILING (path of pyceiling.py; default ../shared/bench/),
