@@ -4,8 +4,9 @@ from setuptools import Extension, setup
 
 NATIVE = ["pathnorm", "stream", "generations", "fsops", "readview", "httphead", "perm", "token",
           "ratelimit", "tally", "logsink"]
-# Extensions that link a system library: token signs with OpenSSL's libcrypto.
-LIBRARIES = {"token": ["crypto"]}
+# Extensions that link a system library: token signs with OpenSSL's libcrypto; the log
+# writer is a POSIX thread.
+LIBRARIES = {"token": ["crypto"], "logsink": ["pthread"]}
 
 extensions = [
     Extension(

@@ -294,7 +294,7 @@ async def _worker_main(cfg, lock_fd: int, sock: socket.socket, slot: int,
     metrics = measures.Metrics(_tally)
     metrics.claim(slot)
     if _log is not None:
-        _log.on_dropped = metrics.log_dropped
+        _log.count_dropped(metrics.tally, metrics.dropped_cell())
     access = _log.sink if _log is not None and structured.access_enabled(cfg.log.level) else None
     # The store's writer thread needs the GIL briefly per commit; under load the event loop
     # would keep it for the default 5 ms each time, stalling every write behind it.
@@ -483,7 +483,7 @@ def _supervise(cfg, lock_fd: int, workers: int) -> int:
     master = measures.Metrics(_tally)
     master.claim(0)
     if _log is not None:
-        _log.on_dropped = master.log_dropped
+        _log.count_dropped(master.tally, master.dropped_cell())
     # pid -> the slot of the shared counts it writes (1..workers); a replacement takes its
     # predecessor's slot and counts on from there.
     children = {_spawn(cfg, lock_fd, slot): slot for slot in range(1, workers + 1)}

@@ -1,10 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The log's bounded buffer, and the access line formatted in C.
+"""The log's bounded buffer and its writer thread, and the access line formatted in C.
 
-Every line a process logs lands here, whole, and a writer thread (callfs/observability/
-logging.py) takes what is pending and writes it out; the event loop never waits on the log's
-file. The buffer holds at most `limit` bytes: a line that does not fit is dropped and counted
-(`dropped`), never waited for, and the writer reports the count once it catches up.
+Every line a process logs lands here, whole. A writer thread of its own, which never takes the
+interpreter's lock, swaps the pending lines for an empty buffer every `interval` (at once once
+WAKE_BYTES are pending, or when woken) and writes them out; the event loop never waits on the
+log's file. Pending lines are at most `limit` bytes: a line that does not fit is dropped and
+counted (`dropped`, and the metric's cell when one is given), never waited for, and the writer
+says how many in a line of its own once it catches up. Without a thread (`start` not called)
+the buffer is emptied by `take`, and `wake()` is called once WAKE_BYTES are pending.
 
 `access` formats the access line of one request — JSON, or the console format — straight into
 the buffer, for the hot path (C callers) and the general route alike, so both write the same
@@ -14,9 +17,17 @@ line one line), and the token of a `/download/{token}` link never appears. The p
 specification is tests/unit/logsink_oracle.py.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
+from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
+
+from callfs._native.tally cimport Tally
+
+import os
+import select
+import stat
 
 cdef extern from "time.h" nogil:
     ctypedef long time_t
@@ -27,67 +38,234 @@ cdef extern from "time.h" nogil:
         pass
     int clock_gettime(int clock, timespec* ts)
     int CLOCK_REALTIME
+    int CLOCK_MONOTONIC
     tm* gmtime_r(const time_t* t, tm* out)
     size_t strftime(char* s, size_t max, const char* fmt, const tm* t)
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_condattr_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t* m, const void* attr)
+    int pthread_mutex_lock(pthread_mutex_t* m)
+    int pthread_mutex_timedlock(pthread_mutex_t* m, const timespec* deadline)
+    int pthread_mutex_unlock(pthread_mutex_t* m)
+    int pthread_mutex_destroy(pthread_mutex_t* m)
+    int pthread_condattr_init(pthread_condattr_t* a)
+    int pthread_condattr_setclock(pthread_condattr_t* a, int clock)
+    int pthread_condattr_destroy(pthread_condattr_t* a)
+    int pthread_cond_init(pthread_cond_t* c, const pthread_condattr_t* a)
+    int pthread_cond_timedwait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* deadline)
+    int pthread_cond_signal(pthread_cond_t* c)
+    int pthread_cond_destroy(pthread_cond_t* c)
+    int pthread_create(pthread_t* t, const void* attr, void* (*run)(void*) noexcept nogil,
+                       void* arg)
+    int pthread_join(pthread_t t, void** result)
+
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long n, int timeout)
+    short POLLOUT, POLLERR, POLLNVAL
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t write(int fd, const void* data, size_t n)
 
 DEFAULT_LIMIT = 8 * 1024 * 1024
 WAKE_BYTES = 256 * 1024
 DOWNLOAD_PREFIX = b"/download/"
 REDACTED = b"[redacted]"
 cdef const char* _HEX = b"0123456789ABCDEF"
+cdef Py_ssize_t _WAKE_BYTES = WAKE_BYTES
+cdef Py_ssize_t _PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
 
 
 cdef class LogSink:
-    """Pending log bytes, at most `limit` of them; `wake()` is called once the pending bytes
-    pass WAKE_BYTES (the writer should come now rather than at its next tick). `console`
-    selects the human-readable access line; `instance` is this instance's ID."""
+    """Pending log bytes, at most `limit` of them. `console` selects the human-readable access
+    line; `instance` is this instance's ID; `wake` is called, while no writer thread runs, once
+    the pending bytes pass WAKE_BYTES."""
 
     def __cinit__(self, *, str instance="", bint console=False, Py_ssize_t limit=DEFAULT_LIMIT,
                   wake=None):
-        self.buf = NULL
-        self.used = 0
-        self.cap = 0
-        self.limit = limit if limit > 0 else DEFAULT_LIMIT
-        self.console = console
-        self.wake = wake
+        cdef pthread_condattr_t attr
+        self.s = <Shared*>malloc(sizeof(Shared))
+        if self.s == NULL:
+            raise MemoryError()
+        memset(self.s, 0, sizeof(Shared))
+        pthread_mutex_init(&self.s.lock, NULL)
+        pthread_mutex_init(&self.s.writing, NULL)
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(&self.s.ready, &attr)
+        pthread_condattr_destroy(&attr)
+        self.s.limit = limit if limit > 0 else DEFAULT_LIMIT
+        self.s.console = console
+        self.s.fd = -1
+        self.threaded = False
+        self.orphaned = False
         self.woken = False
-        self.dropped = 0
+        self.wake = wake
+        self.tally = None
+        self.dropped_cell = -1
         self.second = -1
         self.ts_prefix = b""
         encoded = instance.encode()
         self.instance = _escaped_json(encoded)
 
     def __dealloc__(self):
-        if self.buf != NULL:
-            free(self.buf)
-            self.buf = NULL
+        if self.s == NULL:
+            return
+        if self.orphaned:
+            return  # a copy of the parent's: its locks may be held by a thread not here
+        if self.threaded:
+            self._end(0.5)
+        pthread_mutex_destroy(&self.s.lock)
+        pthread_mutex_destroy(&self.s.writing)
+        pthread_cond_destroy(&self.s.ready)
+        free(self.s.front.buf)
+        free(self.s.back.buf)
+        free(self.s)
+        self.s = NULL
 
     @property
     def pending(self):
-        return self.used
+        return self.s.front.used
+
+    @property
+    def dropped(self):
+        """Lines dropped since the last take (or since the writer last said so)."""
+        return self.s.dropped
+
+    @property
+    def running(self):
+        """Whether a writer thread runs."""
+        return self.threaded
+
+    def count_dropped(self, Tally tally not None, Py_ssize_t cell):
+        """Add each dropped line to `cell` of `tally` (the dropped-lines metric)."""
+        if not 0 <= cell < tally.cells:
+            raise ValueError("no such cell")
+        self.tally = tally
+        self.dropped_cell = cell
+
+    def start(self, int fd, *, Py_ssize_t piece=0, double interval=0.05):
+        """Start the writer thread, writing to `fd` every `interval` seconds, in writes of at
+        most `piece` bytes that end at line ends (0: any size; a pipe shared by processes needs
+        PIPE_BUF, which is never interleaved)."""
+        if self.threaded or self.orphaned:
+            raise RuntimeError("the writer has already started")
+        if fd < 0 or piece < 0 or not interval > 0:
+            raise ValueError("bad writer settings")
+        self.s.fd = fd
+        self.s.piece = piece
+        # A pipe, socket or terminal that takes nothing would block a write of more than it
+        # has room for; once poll says it has room, PIPE_BUF bytes always fit.
+        try:
+            self.s.chunk = 0 if stat.S_ISREG(os.fstat(fd).st_mode) else _PIPE_BUF
+        except OSError:
+            self.s.chunk = _PIPE_BUF
+        self.s.interval_ns = <long long>(interval * 1e9)
+        self.s.stopping = False
+        if pthread_create(&self.thread, NULL, _writer_main, self.s) != 0:
+            raise OSError("cannot start the log writer")
+        self.threaded = True
+
+    def wake_writer(self):
+        """Have the writer write what is pending now rather than at its next tick."""
+        if not self.threaded:
+            return
+        pthread_mutex_lock(&self.s.lock)
+        self.s.woken = True
+        pthread_cond_signal(&self.s.ready)
+        pthread_mutex_unlock(&self.s.lock)
+
+    def flush(self, double timeout=2.0):
+        """Write what is pending now, from this thread, waiting at most `timeout` seconds for a
+        write the writer has under way; False when it could not."""
+        if self.orphaned or self.s.fd < 0:
+            return False
+        cdef long long deadline = _now_ns(CLOCK_MONOTONIC) + <long long>(timeout * 1e9)
+        cdef timespec until
+        cdef int done
+        with nogil:
+            _realtime_after(deadline, &until)
+            if pthread_mutex_timedlock(&self.s.writing, &until) != 0:
+                done = 0
+            else:
+                done = _write_out(self.s, deadline) == 0
+                pthread_mutex_unlock(&self.s.writing)
+        return bool(done)
+
+    def stop(self, double timeout=2.0):
+        """Write what is pending and end the writer thread; a write the file does not take
+        within `timeout` seconds is abandoned."""
+        if self.threaded:
+            self._end(timeout)
+        if self.s.fd >= 0:
+            self.flush(timeout)
+
+    cdef void _end(self, double timeout) noexcept:
+        pthread_mutex_lock(&self.s.lock)
+        self.s.give_up_ns = _now_ns(CLOCK_MONOTONIC) + <long long>(timeout * 1e9)
+        self.s.stopping = True
+        pthread_cond_signal(&self.s.ready)
+        pthread_mutex_unlock(&self.s.lock)
+        with nogil:
+            pthread_join(self.thread, NULL)
+        self.threaded = False
+
+    def orphan(self):
+        """In a forked child: this is the parent's sink, whose lines the parent writes and
+        whose locks a thread the child does not have may hold. It takes no more lines, and its
+        memory is left as it is."""
+        self.orphaned = True
+        self.threaded = False
+        self.s.fd = -1
 
     def append(self, bytes line not None):
         """Add one whole line (its newline included); False when it was dropped."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(line)
-        if not self._reserve(n):
+        if self.orphaned:
             return False
-        memcpy(self.buf + self.used, PyBytes_AS_STRING(line), n)
-        self._commit(n)
-        return True
+        if self.threaded:
+            pthread_mutex_lock(&self.s.lock)
+        cdef bint kept = self._reserve(n)
+        if kept:
+            memcpy(self.s.front.buf + self.s.front.used, PyBytes_AS_STRING(line), n)
+            self._commit(n)
+        if self.threaded:
+            pthread_mutex_unlock(&self.s.lock)
+        return kept
 
     def take(self):
         """Everything pending (the buffer empties), and the lines dropped since the last take."""
-        out = PyBytes_FromStringAndSize(self.buf, self.used) if self.used else b""
-        self.used = 0
+        if self.orphaned:
+            return b"", 0
+        if self.threaded:
+            pthread_mutex_lock(&self.s.lock)
+        cdef Pending* front = &self.s.front
+        out = PyBytes_FromStringAndSize(front.buf, front.used) if front.used else b""
+        front.used = 0
         self.woken = False
-        dropped, self.dropped = self.dropped, 0
+        self.s.woken = False
+        dropped, self.s.dropped = self.s.dropped, 0
+        if self.threaded:
+            pthread_mutex_unlock(&self.s.lock)
         return out, dropped
 
     def discard(self):
-        """Forget what is pending (a forked child: its parent writes those lines)."""
-        self.used = 0
-        self.dropped = 0
+        """Forget what is pending."""
+        if self.orphaned:
+            return
+        if self.threaded:
+            pthread_mutex_lock(&self.s.lock)
+        self.s.front.used = 0
+        self.s.dropped = 0
         self.woken = False
+        self.s.woken = False
+        if self.threaded:
+            pthread_mutex_unlock(&self.s.lock)
 
     def access(self, bytes method not None, bytes route not None, bytes target not None,
                int status, uint64_t bytes_in, uint64_t bytes_out, uint64_t duration_ns,
@@ -98,29 +276,41 @@ cdef class LogSink:
                              PyBytes_AS_STRING(request_id), PyBytes_GET_SIZE(request_id), peer,
                              transfer, aborted)
 
+    cdef void _drop(self) noexcept:
+        self.s.dropped += 1
+        if self.tally is not None:
+            self.tally.add_fast(self.dropped_cell, 1)
+
     cdef bint _reserve(self, Py_ssize_t n) noexcept:
+        cdef Pending* front = &self.s.front
         cdef Py_ssize_t want
         cdef char* grown
-        if self.used + n > self.limit:
-            self.dropped += 1
+        if front.used + n > self.s.limit:
+            self._drop()
             return False
-        if self.used + n > self.cap:
-            want = self.cap * 2 if self.cap else 64 * 1024
-            while want < self.used + n:
+        if front.used + n > front.cap:
+            want = front.cap * 2 if front.cap else 64 * 1024
+            while want < front.used + n:
                 want *= 2
-            if want > self.limit:
-                want = self.limit
-            grown = <char*>realloc(self.buf, want)
+            if want > self.s.limit:
+                want = self.s.limit
+            grown = <char*>realloc(front.buf, want)
             if grown == NULL:
-                self.dropped += 1
+                self._drop()
                 return False
-            self.buf = grown
-            self.cap = want
+            front.buf = grown
+            front.cap = want
         return True
 
     cdef void _commit(self, Py_ssize_t n) noexcept:
-        self.used += n
-        if self.used >= WAKE_BYTES and not self.woken and self.wake is not None:
+        self.s.front.used += n
+        if self.s.front.used < _WAKE_BYTES:
+            return
+        if self.threaded:
+            if not self.s.woken:
+                self.s.woken = True
+                pthread_cond_signal(&self.s.ready)
+        elif not self.woken and self.wake is not None:
             self.woken = True
             try:
                 self.wake()
@@ -158,19 +348,27 @@ cdef class LogSink:
                                  + (PyBytes_GET_SIZE(moved) if moved is not None else 0))
         cdef char* scratch = NULL
         cdef char* start
-        if self.used + bound <= self.limit:
+        if self.orphaned:
+            return 0
+        if self.threaded:
+            pthread_mutex_lock(&self.s.lock)
+        if self.s.front.used + bound <= self.s.limit:
             if not self._reserve(bound):
+                if self.threaded:
+                    pthread_mutex_unlock(&self.s.lock)
                 return 0
-            start = self.buf + self.used
+            start = self.s.front.buf + self.s.front.used
         else:
             # Near the limit: the line itself may still fit. Formed aside, then kept or not.
             scratch = <char*>malloc(bound)
             if scratch == NULL:
-                self.dropped += 1
+                self._drop()
+                if self.threaded:
+                    pthread_mutex_unlock(&self.s.lock)
                 return 0
             start = scratch
         cdef char* p = start
-        if self.console:
+        if self.s.console:
             p = _put(p, prefix)
             p = _digits3(p, millis)
             p = _lit(p, b"Z INFO access ", 14)
@@ -251,16 +449,154 @@ cdef class LogSink:
             if aborted:
                 p = _lit(p, b',"aborted":true', 15)
             p = _lit(p, b"}\n", 2)
-        if scratch == NULL:
-            self._commit(p - start)
-            return 1
         cdef Py_ssize_t size = p - start
-        cdef bint kept = self._reserve(size)
-        if kept:
-            memcpy(self.buf + self.used, scratch, size)
+        cdef bint kept = True
+        if scratch == NULL:
             self._commit(size)
-        free(scratch)
+        else:
+            kept = self._reserve(size)
+            if kept:
+                memcpy(self.s.front.buf + self.s.front.used, scratch, size)
+                self._commit(size)
+        if self.threaded:
+            pthread_mutex_unlock(&self.s.lock)
+        if scratch != NULL:
+            free(scratch)
         return 1 if kept else 0
+
+
+
+
+# --- the writer thread (no interpreter lock: C only) -----------------------------------------
+
+
+cdef long long _now_ns(int clock) noexcept nogil:
+    cdef timespec now
+    clock_gettime(clock, &now)
+    return <long long>now.tv_sec * 1000000000 + now.tv_nsec
+
+
+cdef void _realtime_after(long long monotonic_deadline, timespec* out) noexcept nogil:
+    """The realtime clock's reading at a monotonic deadline (pthread_mutex_timedlock's clock)."""
+    cdef long long at = _now_ns(CLOCK_REALTIME) + (monotonic_deadline - _now_ns(CLOCK_MONOTONIC))
+    out.tv_sec = at // 1000000000
+    out.tv_nsec = at % 1000000000
+
+
+cdef void* _writer_main(void* arg) noexcept nogil:
+    cdef Shared* s = <Shared*>arg
+    cdef timespec until
+    cdef long long at
+    cdef bint stopping = False
+    while not stopping:
+        pthread_mutex_lock(&s.lock)
+        if not s.woken and not s.stopping:
+            at = _now_ns(CLOCK_MONOTONIC) + s.interval_ns
+            until.tv_sec = at // 1000000000
+            until.tv_nsec = at % 1000000000
+            pthread_cond_timedwait(&s.ready, &s.lock, &until)
+        stopping = s.stopping
+        pthread_mutex_unlock(&s.lock)
+        pthread_mutex_lock(&s.writing)
+        _write_out(s, 0)
+        pthread_mutex_unlock(&s.writing)
+    return NULL
+
+
+cdef int _write_out(Shared* s, long long deadline) noexcept nogil:
+    """Swap the pending lines for the empty buffer and write them, then the count of lines
+    dropped since the last time; the caller holds `writing`. A write the file takes no more of
+    is abandoned at `deadline` (0: once stopping, at `give_up_ns`): -1."""
+    cdef Pending taken
+    cdef uint64_t dropped
+    cdef char line[256]
+    cdef int n, failed
+    pthread_mutex_lock(&s.lock)
+    taken = s.front
+    s.front = s.back
+    s.back = taken
+    dropped = s.dropped
+    s.dropped = 0
+    s.woken = False
+    pthread_mutex_unlock(&s.lock)
+    failed = _write_lines(s, s.back.buf, s.back.used, deadline)
+    s.back.used = 0
+    if dropped:
+        n = _dropped_line(line, sizeof(line), dropped, s.console)
+        failed |= _write_lines(s, line, n, deadline)
+    return failed
+
+
+cdef int _dropped_line(char* out, int size, uint64_t count, bint console) noexcept nogil:
+    """The writer's report of `count` dropped lines, as the Python formatters write a warning
+    of logger callfs.log with a `count` field."""
+    cdef timespec now
+    cdef tm parts
+    cdef char stamp[32]
+    clock_gettime(CLOCK_REALTIME, &now)
+    gmtime_r(&now.tv_sec, &parts)
+    strftime(stamp, sizeof(stamp), b"%Y-%m-%dT%H:%M:%S", &parts)
+    if console:
+        return snprintf(out, size, b"%s.%03ldZ WARN callfs.log log lines dropped count=%llu\n",
+                        stamp, now.tv_nsec // 1000000, <unsigned long long>count)
+    return snprintf(out, size, b'{"ts":"%s.%03ldZ","level":"warn","logger":"callfs.log",'
+                    b'"event":"log lines dropped","count":%llu}\n', stamp,
+                    now.tv_nsec // 1000000, <unsigned long long>count)
+
+
+cdef int _write_lines(Shared* s, const char* data, Py_ssize_t n,
+                      long long deadline) noexcept nogil:
+    """`data` in writes of at most `piece` bytes that end at line ends (a longer line alone)."""
+    cdef Py_ssize_t start = 0, end, cut
+    if s.piece == 0 or n <= s.piece:
+        return _write_all(s, data, n, deadline)
+    while start < n:
+        end = start + s.piece
+        if end >= n:
+            return _write_all(s, data + start, n - start, deadline)
+        cut = end - 1
+        while cut >= start and data[cut] != 10:
+            cut -= 1
+        if cut < start:  # a line longer than a piece goes alone
+            cut = end
+            while cut < n and data[cut] != 10:
+                cut += 1
+            if cut >= n:
+                return _write_all(s, data + start, n - start, deadline)
+        if _write_all(s, data + start, cut + 1 - start, deadline) != 0:
+            return -1
+        start = cut + 1
+    return 0
+
+
+cdef int _write_all(Shared* s, const char* data, Py_ssize_t n, long long deadline) noexcept nogil:
+    cdef pollfd ready
+    cdef ssize_t done
+    cdef int found
+    ready.fd = s.fd
+    ready.events = POLLOUT
+    while n > 0:
+        found = poll(&ready, 1, 100)
+        if found == 0:
+            if deadline == 0 and s.stopping:
+                deadline = s.give_up_ns
+            if deadline and _now_ns(CLOCK_MONOTONIC) >= deadline:
+                return -1
+            continue
+        if found < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        if ready.revents & (POLLERR | POLLNVAL):
+            return -1
+        done = write(s.fd, data, n if s.chunk == 0 or n <= s.chunk else s.chunk)
+        if done < 0:
+            if errno == EINTR or errno == EAGAIN:
+                continue
+            return -1  # the log's file is gone: nothing to write to
+        data += done
+        n -= done
+    return 0
 
 
 cdef bytes _shown_target(bytes target):

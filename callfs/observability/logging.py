@@ -2,11 +2,11 @@
 §5.3), written without ever making the event loop wait.
 
 Every line — the access line of each request and every other record — goes into the process's
-LogSink (callfs/_native/logsink.pyx), a bounded buffer; a writer thread takes what is pending a
-few times a second (at once when much is pending) and writes it to stderr. When the buffer is
-full a line is dropped and counted, and the writer reports the count in a line of its own (and
-in `callfs_log_lines_dropped_total`). A forked child forgets what its parent had pending (the
-parent writes it) and starts its own writer.
+LogSink (callfs/_native/logsink.pyx), a bounded buffer; its writer thread, native and outside
+the interpreter's lock, writes what is pending to stderr every FLUSH_SECONDS (at once when much
+is pending, or on a warning). When the buffer is full a line is dropped and counted (in
+`callfs_log_lines_dropped_total` too), and the writer reports the count in a line of its own.
+A forked child leaves what its parent had pending to the parent and starts its own writer.
 """
 import contextvars
 import logging
@@ -14,7 +14,6 @@ import os
 import select
 import stat
 import sys
-import threading
 import time
 
 import orjson
@@ -25,8 +24,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING
            "error": logging.ERROR}
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 FLUSH_SECONDS = 0.05
+STOP_SECONDS = 2.0  # how long a final write may wait for a file that takes no more
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
-DROPPED = "log lines dropped"
 
 # The id of the request being served by the running task, for every record logged meanwhile.
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
@@ -115,7 +114,6 @@ class Log:
         self.fd = fd
         self.instance = instance
         self.console = console
-        self.on_dropped = None  # called with each count of dropped lines (the metric)
         # Workers share one stderr: on a pipe only writes of PIPE_BUF bytes or less are never
         # interleaved with another's, so lines go in pieces of whole lines that size.
         try:
@@ -123,91 +121,35 @@ class Log:
             self._piece = PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 0
         except OSError:
             self._piece = 0
-        self._lock = threading.Lock()  # one writer at a time: the thread, or a final flush
+        self._stopping = False
         self._start()
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _start(self) -> None:
-        self._wake = threading.Event()
-        self._stopping = False
-        self.sink = LogSink(instance=self.instance, console=self.console, wake=self._wake.set)
-        self._thread = threading.Thread(target=self._run, name="callfs-log", daemon=True)
-        self._thread.start()
+        self.sink = LogSink(instance=self.instance, console=self.console)
+        self.sink.start(self.fd, piece=self._piece, interval=FLUSH_SECONDS)
 
     def _after_fork(self) -> None:
         if self._stopping:
             return  # replaced by another log before the fork
-        pending = self.sink
-        self._lock = threading.Lock()
+        # The parent writes what it had pending; the child starts a sink and writer of its own.
+        self.sink.orphan()
         self._start()
-        pending.discard()
 
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(FLUSH_SECONDS)
-            self._wake.clear()
-            self.flush()
+    def count_dropped(self, tally, cell: int) -> None:
+        """Count each dropped line in `cell` of `tally` (callfs_log_lines_dropped_total)."""
+        self.sink.count_dropped(tally, cell)
 
     def flush(self) -> None:
-        with self._lock:
-            data, dropped = self.sink.take()
-            if dropped:
-                if self.on_dropped is not None:
-                    self.on_dropped(dropped)
-                data += self._dropped_line(dropped)
-            if data:
-                for piece in _pieces(data, self._piece):
-                    _write_all(self.fd, piece)
-
-    def _dropped_line(self, count: int) -> bytes:
-        record = logging.LogRecord("callfs.log", logging.WARNING, "", 0, DROPPED, (), None)
-        record.count = count
-        formatter = ConsoleFormatter() if self.console else JSONFormatter()
-        return formatter.format(record).encode() + b"\n"
+        self.sink.flush(STOP_SECONDS)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.sink.wake_writer()
 
     def stop(self) -> None:
         """Write what is pending and end the writer."""
         self._stopping = True
-        self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-        self.flush()
-
-
-def _pieces(data: bytes, size: int):
-    """`data` in pieces of at most `size` bytes that end at line ends (a longer line alone);
-    all of it at once when `size` is 0."""
-    if not size or len(data) <= size:
-        yield data
-        return
-    start = 0
-    while start < len(data):
-        end = start + size
-        if end >= len(data):
-            yield data[start:]
-            return
-        cut = data.rfind(b"\n", start, end)
-        if cut < 0:
-            cut = data.find(b"\n", end)
-            if cut < 0:
-                yield data[start:]
-                return
-        yield data[start:cut + 1]
-        start = cut + 1
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            time.sleep(0.001)  # stderr left non-blocking by whoever started us
-        except OSError:
-            return  # the log's file is gone: nothing to write to
+        self.sink.stop(STOP_SECONDS)
 
 
 _current: Log | None = None

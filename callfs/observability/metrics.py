@@ -299,8 +299,9 @@ class Metrics:
 
     # -- the process ----------------------------------------------------------------------
 
-    def log_dropped(self, lines: int) -> None:
-        self.tally.add(self._dropped, lines)
+    def dropped_cell(self) -> int:
+        """The cell of callfs_log_lines_dropped_total, which the log's sink adds to."""
+        return self._dropped
 
     def worker_restarted(self) -> None:
         self.tally.add(self._restarts)
