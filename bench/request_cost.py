@@ -1,6 +1,7 @@
 """What one small GET/HEAD costs the server in user space, without the kernel or a client.
 
     python bench/request_cost.py [REQUESTS]
+    python bench/request_cost.py --feed off|on REQUESTS   (for bench/instructions.py)
 
 The bytes wrk sends for one request are fed to a connection's `data_received` again and again,
 and the response goes to a transport that discards it: what is left is the parser, CallFS's
@@ -10,7 +11,7 @@ answer prebuilt). Best of five rounds, microseconds per request. The CallFS side
 connection class on a real engine (SQLite behind the generation cache, a local backend),
 counting in the shared metrics table as a worker does. It is measured twice: with the access
 log off, and on, its buffer emptied every 1,000 requests as the writer thread would (the write
-to the file, in that thread, is left out).
+to the file, which the kernel does from the buffer itself, is left out).
 """
 import os
 import sys
@@ -67,7 +68,7 @@ def cost(feed, data: bytes, rounds: int, sink: LogSink | None = None) -> float:
             for _ in range(BATCH):
                 feed(data)
             if sink is not None:
-                sink.take()
+                sink.discard()
         best = min(best, (time.perf_counter() - started) / (rounds * BATCH))
     return best * 1e6
 
@@ -84,15 +85,42 @@ def connection(loop, auth, engine, metrics, sink: LogSink | None):
     return hot, conn
 
 
-def main() -> None:
-    rounds = max(1, (int(sys.argv[1]) if len(sys.argv) > 1 else 200_000) // BATCH)
+def site():
+    """The event loop, a connection with the access log off and one with it on, the log's
+    sink, and what closes the site."""
     loop = uvloop.new_event_loop()
     engine, auth, close = test_httphead.make_site(tempfile.mkdtemp(prefix="callfs-cost-"))
     metrics = measures.Metrics(measures.table(2))
     metrics.claim(1)
     sink = LogSink(instance="bench")
-    quiet = connection(loop, auth, engine, metrics, None)
-    logged = connection(loop, auth, engine, metrics, sink)
+    return (loop, connection(loop, auth, engine, metrics, None),
+            connection(loop, auth, engine, metrics, sink), sink, close)
+
+
+def feed(mode: str, requests: int) -> None:
+    """Answer `requests` GETs on the connection with the access log `mode` (off or on),
+    emptying the log's buffer every BATCH requests; nothing is timed (a tool counting
+    instructions runs this)."""
+    loop, quiet, logged, sink, close = site()
+    hot, conn = logged if mode == "on" else quiet
+    data = request(b"GET", b"/v1/files/d/small")
+    before = hot.answered
+    for done in range(requests):
+        conn.data_received(data)
+        if done % BATCH == BATCH - 1:
+            sink.discard()
+    assert hot.answered - before == requests, "the hot path did not answer"
+    assert (sink.pending > 0) == (mode == "on" and requests % BATCH > 0)
+    close()
+    loop.close()
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--feed" and sys.argv[2] in ("off", "on"):
+        feed(sys.argv[2], int(sys.argv[3]))
+        return
+    rounds = max(1, (int(sys.argv[1]) if len(sys.argv) > 1 else 200_000) // BATCH)
+    loop, quiet, logged, sink, close = site()
 
     import pyceiling
     body = os.urandom(4096)

@@ -24,6 +24,7 @@ cdef class HotPath:
     cdef LogSink log        # the access log, or None when it is off
     cdef object last_principal
     cdef bytes last_user    # last_principal's user, escaped for the access line
+    cdef str last_name      # ... and as it is (principals of one user may be several objects)
     cdef bytes _answer(self, bytes method, bytes url, dict headers, bint tls,
                        long long started_ns, bytes peer)
     cdef void _account(self, bint head, Py_ssize_t sent, object identity, bytes url,

@@ -24,7 +24,7 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 from libc.time cimport time, time_t
 
-from callfs._native.logsink cimport LogSink
+from callfs._native.logsink cimport LogSink, escaped_json_c
 from callfs._native.pathnorm cimport normalize_url_path
 from callfs._native.perm cimport Principal
 from callfs._native.readview cimport ReadView
@@ -265,6 +265,7 @@ cdef class HotPath:
         self.log = log
         self.last_principal = None
         self.last_user = None
+        self.last_name = None
 
     def answer(self, bytes method not None, bytes url not None, dict headers not None,
                bint tls, long long started_ns=0, bytes peer=b"-"):
@@ -350,9 +351,13 @@ cdef class HotPath:
             tally.add_fast(self.answered_cell, 1)
         if self.log is None:
             return
+        cdef str name
         if identity is not self.last_principal:
             try:
-                self.last_user = _escaped_user(identity)
+                name = (<Principal?>identity).user
+                if self.last_user is None or name != self.last_name:
+                    self.last_user = escaped_json_c(name.encode())
+                    self.last_name = name
             except Exception:
                 return
             self.last_principal = identity
@@ -363,10 +368,6 @@ cdef class HotPath:
         except Exception:
             pass
 
-
-cdef bytes _escaped_user(object identity):
-    from callfs._native.logsink import escaped_json
-    return escaped_json((<Principal?>identity).user.encode())
 
 
 cdef bytes _join(bytes date, bytes block, bytes security, bytes hsts, bytes body,

@@ -49,14 +49,21 @@ cdef class LogSink:
     cdef Tally tally  # where dropped lines are counted, if anywhere
     cdef Py_ssize_t dropped_cell
     cdef long second
-    cdef bytes ts_prefix, instance
+    cdef char ts_text[40]  # the current second's timestamp, as `_timestamp` wrote it
+    cdef int ts_len
+    cdef bytes instance
+    cdef bytes tail, tail_after_null  # the fixed text around the instance, made once
     cdef bint _reserve(self, Py_ssize_t n) noexcept
     cdef void _commit(self, Py_ssize_t n) noexcept
     cdef void _drop(self) noexcept
     cdef void _end(self, double timeout) noexcept
-    cdef bytes _timestamp(self, int* millis)
+    cdef int _timestamp(self, int* millis) noexcept
     # `user` already escaped for JSON (escaped_json), or None; the request id `rid_len` bytes.
     cdef int access_c(self, bytes method, bytes route, bytes target, int status,
                       uint64_t bytes_in, uint64_t bytes_out, uint64_t duration_ns, bytes user,
                       const char* rid, Py_ssize_t rid_len, bytes peer, object transfer,
                       bint aborted) except -1
+
+
+# `text` as the inside of a JSON string (escaped_json, for C callers).
+cdef bytes escaped_json_c(bytes text)

@@ -109,9 +109,12 @@ cdef class LogSink:
         self.tally = None
         self.dropped_cell = -1
         self.second = -1
-        self.ts_prefix = b""
+        self.ts_len = 0
         encoded = instance.encode()
-        self.instance = _escaped_json(encoded)
+        self.instance = escaped_json_c(encoded)
+        self.tail = (b" instance=" + self.instance + b"\n" if console
+                     else b'","instance":"' + self.instance + b'","request_id":"')
+        self.tail_after_null = self.tail[1:]  # JSON: after a null user, no closing quote
 
     def __dealloc__(self):
         if self.s == NULL:
@@ -272,7 +275,7 @@ cdef class LogSink:
                user, bytes request_id not None, bytes peer not None, transfer, bint aborted=False):
         """The access line of one request (see the module's doc); False when dropped."""
         return self.access_c(method, route, target, status, bytes_in, bytes_out, duration_ns,
-                             None if user is None else _escaped_json(str(user).encode()),
+                             None if user is None else escaped_json_c(str(user).encode()),
                              PyBytes_AS_STRING(request_id), PyBytes_GET_SIZE(request_id), peer,
                              transfer, aborted)
 
@@ -317,33 +320,33 @@ cdef class LogSink:
             except BaseException:
                 pass
 
-    cdef bytes _timestamp(self, int* millis):
-        """`2026-12-02T18:24:49.` for the current second (kept once a second); the
-        milliseconds in `millis`."""
+    cdef int _timestamp(self, int* millis) noexcept:
+        """Into `ts_text`: `2026-12-02T18:24:49.` for the current second (made once a
+        second), after `{"ts":"` in JSON; its length is returned, the milliseconds in `millis`."""
         cdef timespec now
         cdef tm parts
-        cdef char text[32]
         clock_gettime(CLOCK_REALTIME, &now)
         millis[0] = now.tv_nsec // 1000000
         if now.tv_sec != self.second:
             gmtime_r(&now.tv_sec, &parts)
-            strftime(text, sizeof(text), b"%Y-%m-%dT%H:%M:%S.", &parts)
-            self.ts_prefix = text
+            self.ts_len = strftime(
+                self.ts_text, sizeof(self.ts_text),
+                b"%Y-%m-%dT%H:%M:%S." if self.s.console else b'{"ts":"%Y-%m-%dT%H:%M:%S.', &parts)
             self.second = now.tv_sec
-        return self.ts_prefix
+        return self.ts_len
 
     cdef int access_c(self, bytes method, bytes route, bytes target, int status,
                       uint64_t bytes_in, uint64_t bytes_out, uint64_t duration_ns, bytes user,
                       const char* rid, Py_ssize_t rid_len, bytes peer, object transfer,
                       bint aborted) except -1:
         cdef int millis
-        cdef bytes prefix = self._timestamp(&millis)
+        cdef int stamp = self._timestamp(&millis)
         cdef bytes shown = _shown_target(target)
         cdef bytes moved = <bytes>transfer if transfer is not None else None
         # An upper bound of the line's length: fixed text, the fields, the numbers.
         cdef Py_ssize_t bound = (400 + PyBytes_GET_SIZE(method) + PyBytes_GET_SIZE(route)
                                  + 3 * PyBytes_GET_SIZE(shown) + rid_len
-                                 + PyBytes_GET_SIZE(peer) + PyBytes_GET_SIZE(self.instance)
+                                 + PyBytes_GET_SIZE(peer) + PyBytes_GET_SIZE(self.tail)
                                  + (PyBytes_GET_SIZE(user) if user is not None else 0)
                                  + (PyBytes_GET_SIZE(moved) if moved is not None else 0))
         cdef char* scratch = NULL
@@ -369,14 +372,14 @@ cdef class LogSink:
             start = scratch
         cdef char* p = start
         if self.s.console:
-            p = _put(p, prefix)
+            p = _lit(p, self.ts_text, stamp)
             p = _digits3(p, millis)
             p = _lit(p, b"Z INFO access ", 14)
             p = _put(p, method)
             p[0] = 32
             p = _target(p + 1, shown)
             p[0] = 32
-            p = _uint(p + 1, status)
+            p = _status(p + 1, status)
             p = _lit(p, b" route=", 7)
             p = _put(p, route)
             p = _lit(p, b" in=", 4)
@@ -401,13 +404,9 @@ cdef class LogSink:
                 p = _put(p, moved)
             if aborted:
                 p = _lit(p, b" aborted", 8)
-            p = _lit(p, b" instance=", 10)
-            p = _put(p, self.instance)
-            p[0] = 10
-            p += 1
+            p = _put(p, self.tail)
         else:
-            p = _lit(p, b'{"ts":"', 7)
-            p = _put(p, prefix)
+            p = _lit(p, self.ts_text, stamp)
             p = _digits3(p, millis)
             p = _lit(p, b'Z","level":"info","logger":"callfs.access","event":"request","method":"', 71)
             p = _put(p, method)
@@ -416,24 +415,20 @@ cdef class LogSink:
             p = _lit(p, b'","path":"', 10)
             p = _target(p, shown)
             p = _lit(p, b'","status":', 11)
-            p = _uint(p, status)
+            p = _status(p, status)
             p = _lit(p, b',"bytes_in":', 12)
             p = _uint(p, bytes_in)
             p = _lit(p, b',"bytes_out":', 13)
             p = _uint(p, bytes_out)
             p = _lit(p, b',"duration_ms":', 15)
             p = _millis(p, duration_ns)
-            p = _lit(p, b',"user":', 8)
             if user is not None:
-                p[0] = 34
-                p = _put(p + 1, user)
-                p[0] = 34
-                p += 1
+                p = _lit(p, b',"user":"', 9)
+                p = _put(p, user)
+                p = _put(p, self.tail)
             else:
-                p = _lit(p, b"null", 4)
-            p = _lit(p, b',"instance":"', 13)
-            p = _put(p, self.instance)
-            p = _lit(p, b'","request_id":"', 16)
+                p = _lit(p, b',"user":null', 12)
+                p = _put(p, self.tail_after_null)
             memcpy(p, rid, rid_len)
             p += rid_len
             p = _lit(p, b'","peer":"', 10)
@@ -607,19 +602,24 @@ cdef bytes _shown_target(bytes target):
     return target
 
 
-cdef inline bint _plain_byte(unsigned char c) noexcept:
-    return 33 <= c <= 126 and c != 34 and c != 92
+cdef unsigned char _PLAIN[256]  # 1: the byte is written as it is
+for _c in range(256):
+    _PLAIN[_c] = 33 <= _c <= 126 and _c != 34 and _c != 92
 
 
 cdef char* _target(char* p, bytes target) noexcept:
     """The target, bytes outside printable ASCII, `"` and `\\` percent-encoded (at most 3 bytes
     out per byte in)."""
     cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(target)
-    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(target)
+    cdef Py_ssize_t i = 0, n = PyBytes_GET_SIZE(target)
     cdef unsigned char c
-    for i in range(n):
+    while i < n and _PLAIN[raw[i]]:  # most targets are plain throughout: one copy
+        i += 1
+    memcpy(p, raw, i)
+    p += i
+    while i < n:
         c = raw[i]
-        if _plain_byte(c):
+        if _PLAIN[c]:
             p[0] = <char>c
             p += 1
         else:
@@ -627,10 +627,11 @@ cdef char* _target(char* p, bytes target) noexcept:
             p[1] = _HEX[c >> 4]
             p[2] = _HEX[c & 15]
             p += 3
+        i += 1
     return p
 
 
-cdef bytes _escaped_json(bytes text):
+cdef bytes escaped_json_c(bytes text):
     """`text` as the inside of a JSON string: quote, backslash and control bytes escaped."""
     cdef const unsigned char* raw = <const unsigned char*>PyBytes_AS_STRING(text)
     cdef Py_ssize_t i, n = PyBytes_GET_SIZE(text)
@@ -648,7 +649,7 @@ cdef bytes _escaped_json(bytes text):
 
 def escaped_json(bytes text not None):
     """`text` as the inside of a JSON string (the field values given once, such as a user)."""
-    return _escaped_json(text)
+    return escaped_json_c(text)
 
 
 cdef inline char* _put(char* p, bytes part) noexcept:
@@ -662,21 +663,36 @@ cdef inline char* _lit(char* p, const char* text, Py_ssize_t n) noexcept:
     return p + n
 
 
+cdef const char* _PAIRS = (b"00010203040506070809101112131415161718192021222324252627282930313233"
+                          b"34353637383940414243444546474849505152535455565758596061626364656667"
+                          b"6869707172737475767778798081828384858687888990919293949596979899")
+
+
 cdef char* _uint(char* p, uint64_t value) noexcept:
-    cdef char digits[24]
-    cdef int n = 0
-    if value == 0:
-        p[0] = 48
+    """`value` in decimal, two digits at a time from the end."""
+    cdef int n = 1
+    cdef uint64_t bound = 10
+    cdef unsigned int pair
+    if value < 10:
+        p[0] = <char>(48 + value)
         return p + 1
-    while value:
-        digits[n] = <char>(48 + value % 10)
-        value //= 10
+    while n < 20 and value >= bound:
         n += 1
-    while n:
-        n -= 1
-        p[0] = digits[n]
-        p += 1
-    return p
+        bound *= 10
+    cdef char* end = p + n
+    cdef char* q = end
+    while value >= 100:
+        pair = <unsigned int>(value % 100) * 2
+        value //= 100
+        q -= 2
+        q[0] = _PAIRS[pair]
+        q[1] = _PAIRS[pair + 1]
+    if value >= 10:
+        q[-2] = _PAIRS[value * 2]
+        q[-1] = _PAIRS[value * 2 + 1]
+    else:
+        q[-1] = <char>(48 + value)
+    return end
 
 
 cdef inline char* _digits3(char* p, int value) noexcept:
@@ -684,6 +700,13 @@ cdef inline char* _digits3(char* p, int value) noexcept:
     p[1] = <char>(48 + (value // 10) % 10)
     p[2] = <char>(48 + value % 10)
     return p + 3
+
+
+cdef inline char* _status(char* p, int status) noexcept:
+    """A status code: three digits, almost always."""
+    if 100 <= status <= 999:
+        return _digits3(p, status)
+    return _uint(p, <uint64_t>status)
 
 
 cdef char* _millis(char* p, uint64_t ns) noexcept:
