@@ -60,6 +60,13 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_create(pthread_t* t, const void* attr, void* (*run)(void*) noexcept nogil,
                        void* arg)
     int pthread_join(pthread_t t, void** result)
+    pthread_t pthread_self()
+
+cdef extern from "<sched.h>" nogil:
+    cdef struct sched_param:
+        int sched_priority
+    int SCHED_BATCH
+    int pthread_setschedparam(pthread_t t, int policy, const sched_param* param)
 
 cdef extern from "<poll.h>" nogil:
     cdef struct pollfd:
@@ -483,6 +490,11 @@ cdef void* _writer_main(void* arg) noexcept nogil:
     cdef timespec until
     cdef long long at
     cdef bint stopping = False
+    cdef sched_param batch
+    # The writer is never in a hurry: as a batch thread it does not preempt a worker's request
+    # when its tick comes round; it still gets its fair share of the CPU, so it keeps up.
+    batch.sched_priority = 0
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch)
     while not stopping:
         pthread_mutex_lock(&s.lock)
         if not s.woken and not s.stopping:

@@ -88,6 +88,38 @@ def test_the_writer_writes_at_its_tick_without_being_asked(pipe):
     sink.stop()
 
 
+SCHED_BATCH = 3  # sched(7); /proc/<pid>/task/<tid>/stat field 41 is the policy
+
+
+def thread_policies():
+    """The scheduling policy of each of this process's threads, by thread id."""
+    policies = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        policies[int(tid)] = int(fields[41 - 3])  # fields after "pid (comm)" start at field 3
+    return policies
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_the_writer_runs_as_a_batch_thread_and_the_caller_is_left_alone(pipe):
+    before = thread_policies()
+    sink = native.LogSink()
+    sink.start(pipe[1], interval=30)
+    deadline = time.monotonic() + 5
+    while len(thread_policies()) == len(before) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    deadline = time.monotonic() + 5
+    while True:  # the new thread sets its own policy as it starts
+        new = {t: p for t, p in thread_policies().items() if t not in before}
+        if list(new.values()) == [SCHED_BATCH] or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    sink.stop()
+    assert list(new.values()) == [SCHED_BATCH]
+    assert thread_policies()[threading.get_native_id()] == before[threading.get_native_id()]
+
+
 def test_a_wake_writes_now_and_so_do_wake_bytes(pipe):
     read_end, write_end = pipe
     sink = native.LogSink()
