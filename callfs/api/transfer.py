@@ -6,7 +6,6 @@ upload streams the messages into the engine's ordinary atomic write (PUT), which
 and publishes only after the client's close frame.
 """
 import logging
-import os
 
 from callfs.domain import errors
 from callfs.domain.errors import ClientGone
@@ -57,18 +56,19 @@ class TransferAPI:
                                                           "error": str(exc)})
             raise Closed(INTERNAL_ERROR, "failed to open file") from None
         try:
-            offset, size = 0, handle.size
-            while offset < size:
-                if ws.remote_close is not None:
-                    return  # the client went away politely: answer its close, send no more
-                try:
-                    chunk = os.pread(handle.fd, min(CHUNK, size - offset), offset)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    raise Closed(INTERNAL_ERROR, "file read failed")
-                await ws.send_bytes(chunk)
-                offset += len(chunk)
+            pieces = handle.chunks(0, handle.size)
+            try:
+                async for piece in pieces:
+                    for start in range(0, len(piece), CHUNK):
+                        if ws.remote_close is not None:
+                            return  # the client went away politely: answer its close, no more
+                        await ws.send_bytes(piece[start:start + CHUNK])
+            except (OSError, errors.CallFSError) as exc:
+                log.error("websocket download failed", extra={"request_id": request_id,
+                                                              "error": str(exc)})
+                raise Closed(INTERNAL_ERROR, "file read failed") from None
+            finally:
+                await pieces.aclose()
         finally:
             handle.close()
         await ws.close(NORMAL, "download complete")

@@ -1,10 +1,14 @@
 """The byte-store protocol the engine calls. A backend knows objects by canonical path; it knows
 nothing of metadata, permissions or HTTP. Writes are staged and published atomically.
 
-What a backend can do beyond the protocol is declared in `capabilities`, and the engine asks
-that, never a backend's name or an attribute's presence.
+Every call that may wait on a disk far away or on the network is a coroutine; what is
+synchronous either touches no store (`begin_write`, `copy_source`, `close`) or runs inside the
+metadata store's transaction (`publish`) and must not wait. What a backend can do beyond the
+protocol is declared in `capabilities`, and the engine asks that, never a backend's name or an
+attribute's presence.
 """
 import enum
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 
@@ -17,6 +21,7 @@ class Capability(enum.Flag):
     KERNEL_COPY = enum.auto()  # a copy may stay in the kernel (copy_file_range, sendfile)
     RANGED_READ = enum.auto()  # part of an object can be read without the rest
     STAMPED = enum.auto()      # bytes carry the mtime their record states (read_version)
+    SERVER_COPY = enum.auto()  # a copy within the backend never moves its bytes through us
 
 
 class Body(Protocol):
@@ -42,7 +47,8 @@ class Upload(Protocol):
 
     size: int
 
-    def write(self, chunk) -> None: ...
+    async def write(self, chunk) -> None:
+        """Append a chunk; may wait (for a part in flight to be taken) — the backpressure."""
 
     async def fill(self, body: SizedBody) -> None:
         """Take the rest of a body of announced length directly (zero-copy where it can)."""
@@ -53,11 +59,12 @@ class Upload(Protocol):
     async def commit(self, mtime_ns: int | None = None, check=None, new: bool = False) -> None:
         """Publish, stamped `mtime_ns`; `check()` raises to refuse (a lapsed lock)."""
 
-    def finish(self) -> None: ...
+    async def finish(self) -> None: ...
 
-    def undo(self) -> None: ...
+    async def undo(self) -> None: ...
 
-    def abort(self) -> None: ...
+    async def abort(self) -> None:
+        """Drop a write that never published (a no-op once it ended); never raises."""
 
 
 class Removal(Protocol):
@@ -66,18 +73,37 @@ class Removal(Protocol):
 
     def publish(self) -> None: ...
 
-    def finish(self) -> None: ...
+    async def finish(self) -> None: ...
 
-    def undo(self) -> None: ...
+    async def undo(self) -> None: ...
+
+
+class Move(Protocol):
+    """Moving an entry's bytes (a directory with its subtree) in step with its metadata:
+    `prepare` before the store's transaction (where a backend copies what it cannot rename),
+    `publish` inside it, then `finish` (it committed) or `undo` (it did not)."""
+
+    async def prepare(self) -> None: ...
+
+    def publish(self) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    async def undo(self) -> None: ...
 
 
 class ReadHandle(Protocol):
     """An open object: its size, its stamp (None where bytes carry none), and a descriptor
-    the HTTP layer can sendfile from (Capability.DESCRIPTOR)."""
+    the HTTP layer can sendfile from, or -1 where the bytes are not behind one (a backend
+    without Capability.DESCRIPTOR); `chunks` gives the bytes of any backend."""
 
     fd: int
     size: int
     mtime_ns: int | None
+
+    def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """`length` bytes from `offset`, in pieces as the store gives them; OSError (or a
+        CallFSError) when the store fails or gives fewer bytes than the object has."""
 
     def close(self) -> None: ...
 
@@ -100,40 +126,53 @@ class Backend(Protocol):
 
     async def open(self) -> None: ...
 
+    async def close(self) -> None: ...
+
     # -- reads
-    def open_read(self, path: str) -> ReadHandle:
+    async def open_read(self, path: str) -> ReadHandle:
         """NotFound when nothing is at the path; StorageInconsistent for what is not a file."""
 
-    def read_version(self, path: str, size: int, mtime_ns: int) -> bytes | None:
-        """A small file's whole content when it is the version of that size and stamp."""
-
-    def disk_version(self, path: str) -> tuple[int, int] | None:
-        """(size, mtime_ns) of the file at `path`, or None."""
+    async def version(self, path: str) -> tuple[int, int | None] | None:
+        """(size, mtime_ns) of the file at `path` (mtime_ns None where bytes carry no
+        stamp), or None when no file is there."""
 
     def copy_source(self, handle: ReadHandle) -> SizedBody:
-        """An open object's bytes as the body of a write (a server-side copy)."""
+        """An open object's bytes as the body of a write: one the backend's own uploads copy
+        without reading (Capability.SERVER_COPY), and any other backend's read."""
 
     # -- writes
     def begin_write(self, path: str) -> Upload: ...
 
     def begin_remove(self, path: str) -> Removal: ...
 
-    def make_directory(self, path: str) -> None: ...
+    async def make_directory(self, path: str) -> None: ...
 
-    def remove(self, path: str, is_dir: bool) -> bool:
+    async def remove(self, path: str, is_dir: bool) -> bool:
         """Remove an entry's bytes; False when there were none at `path`."""
 
-    def begin_move(self, src: str, dst: str, entry_id: int, replace: bool): ...
+    def begin_move(self, src: str, dst: str, entry_id: int, replace: bool) -> Move: ...
 
     # -- recovery after a crash
-    def leftovers(self, min_age: float = 0.0, started_ns: int = 0) -> list[Leftover]: ...
+    async def leftovers(self, min_age: float = 0.0, started_ns: int = 0) -> list[Leftover]: ...
 
-    def remove_temporary(self, path: str) -> None: ...
+    async def remove_temporary(self, path: str) -> None: ...
 
-    def restore_removed(self, tmp: str, path: str) -> bool: ...
+    async def restore_removed(self, tmp: str, path: str) -> bool: ...
 
-    def move_intents(self) -> list[tuple[str, dict]]: ...
+    async def move_intents(self) -> list[tuple[str, dict]]: ...
 
-    def drop_move_intent(self, name: str) -> None: ...
+    async def drop_move_intent(self, name: str) -> None: ...
 
-    def recover_move(self, name: str, record: dict, committed: bool) -> None: ...
+    async def recover_move(self, name: str, record: dict, committed: bool) -> None: ...
+
+
+class LocalBackend(Backend, Protocol):
+    """A backend with Capability.LOCAL | Capability.STAMPED: its bytes are on this host's
+    disk, read without waiting, so the read view (synchronous, native) may check a version
+    and keep a small file's content."""
+
+    def read_version(self, path: str, size: int, mtime_ns: int) -> bytes | None:
+        """A small file's whole content when it is the version of that size and stamp."""
+
+    def disk_version(self, path: str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of the file at `path`, or None."""

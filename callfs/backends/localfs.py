@@ -34,6 +34,7 @@ _ATTEMPTS = 3
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY
 _READ = os.O_RDONLY | os.O_NONBLOCK  # a FIFO at the name must not block the open
 _MISSING = (errno.ENOENT, errno.ENOTDIR)  # nothing beneath the root at the path
+CHUNK = 256 * 1024  # a read handle's pieces where no descriptor is handed on
 
 
 def _is_dir(name: str, dir_fd: int) -> bool:
@@ -59,6 +60,17 @@ class ReadHandle:
         self.fd = fd
         self.size = size
         self.mtime_ns = mtime_ns
+
+    async def chunks(self, offset: int, length: int, piece: int = CHUNK):
+        """`length` bytes from `offset`, read `piece` at a time (page-cache reads are short);
+        OSError when the file ends before them."""
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(self.fd, min(piece, end - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "the file ended before its recorded size")
+            offset += len(chunk)
+            yield chunk
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -114,7 +126,7 @@ class LocalUpload:
         self._new = False
         self._published = None  # "exchange" (tmp now holds the old version) or "link"
 
-    def write(self, chunk) -> None:
+    async def write(self, chunk) -> None:
         view = memoryview(chunk)
         while view:
             written = os.write(self.fd, view)
@@ -151,9 +163,9 @@ class LocalUpload:
                 await asyncio.to_thread(os.fsync, self.dir_fd)
         except BaseException:
             if self._published:
-                self.undo()
+                await self.undo()
             else:
-                self.abort()
+                await self.abort()
             raise
 
     def _rehome(self) -> None:
@@ -246,12 +258,12 @@ class LocalUpload:
             return False
         return True
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         """The metadata records the new version: drop the intent (the old version, or the
         second name of a new file)."""
         self._drop_staged()
 
-    def undo(self) -> None:
+    async def undo(self) -> None:
         """The metadata could not record the write: put back what the name held before —
         unless the name no longer holds our bytes. Then a newer writer (one that took the lock
         after ours lapsed) has published over them, and its version stays."""
@@ -271,7 +283,7 @@ class LocalUpload:
             pass
         finally:
             self._published = None
-            self.abort()
+            self._drop_staged()
 
     def _holds_name(self) -> bool:
         try:
@@ -280,7 +292,7 @@ class LocalUpload:
             return False
         return (info.st_ino, info.st_dev) == self._identity
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         """Drop the staged bytes (nothing published, or `undo` put back what was); a no-op
         once the write ended. The name goes before the descriptor (and its flock), so a
         recovery pass never finds it unlocked."""
@@ -344,7 +356,7 @@ class LocalRemoval:
             raise
         self.dir_fd, self.name, self.aside = dir_fd, name, aside
 
-    def undo(self) -> None:
+    async def undo(self) -> None:
         """The deletion did not commit: the bytes take their name again (unless the name was
         taken meanwhile; then the newer bytes stay)."""
         try:
@@ -356,7 +368,7 @@ class LocalRemoval:
         finally:
             self._close()
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         try:
             if self.aside is not None:
                 try:
@@ -388,6 +400,11 @@ class LocalFSBackend:
         if self.root:
             os.makedirs(self.root, mode=_DIR_MODE, exist_ok=True)
             self.root_fd()
+
+    async def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
 
     def root_fd(self) -> int:
         """The handle (O_PATH) of the data root every path is opened beneath; opened once per
@@ -456,7 +473,11 @@ class LocalFSBackend:
             raise
         return current
 
-    def open_read(self, path: str) -> ReadHandle:
+    async def open_read(self, path: str) -> ReadHandle:
+        """The regular file at `path`, opened (see `open_file`)."""
+        return self.open_file(path)
+
+    def open_file(self, path: str) -> ReadHandle:
         """The regular file at `path`, opened. NotFound when nothing is there; a directory, a
         link or any other kind of file there (or a link on the way) is StorageInconsistent
         (the metadata knows files only as regular files)."""
@@ -478,7 +499,7 @@ class LocalFSBackend:
     def read_version(self, path: str, size: int, mtime_ns: int) -> bytes | None:
         """The whole content of a small file, or None unless the file on disk is the version
         recorded with this size and mtime (a write may be between publishing and recording)."""
-        handle = self.open_read(path)
+        handle = self.open_file(path)
         try:
             if handle.size != size or handle.mtime_ns != mtime_ns:
                 return None
@@ -496,7 +517,7 @@ class LocalFSBackend:
             os.close(dir_fd)
             raise
 
-    def make_directory(self, path: str) -> None:
+    async def make_directory(self, path: str) -> None:
         dir_fd, name = self.parent_dir(path, True)
         try:
             os.mkdir(name, _DIR_MODE, dir_fd=dir_fd)
@@ -510,7 +531,7 @@ class LocalFSBackend:
         """Prepare deleting the bytes of the file at `path` with its metadata."""
         return LocalRemoval(self, path)
 
-    def restore_removed(self, tmp: str, path: str) -> bool:
+    async def restore_removed(self, tmp: str, path: str) -> bool:
         """Put back bytes a deletion set aside (the staged file `tmp`) at `path`, unless
         something holds that name; True when they took it."""
         try:
@@ -525,7 +546,7 @@ class LocalFSBackend:
             os.close(dir_fd)
         return True
 
-    def remove(self, path: str, is_dir: bool) -> bool:
+    async def remove(self, path: str, is_dir: bool) -> bool:
         """Remove an entry's bytes; False when there were none at `path`. OSError when what
         is there cannot go (a link where a directory was, a link on the way: not followed)."""
         try:
@@ -550,7 +571,7 @@ class LocalFSBackend:
             os.close(dir_fd)
         return True
 
-    def leftovers(self, min_age: float = 0.0, started_ns: int = 0) -> list["Leftover"]:
+    async def leftovers(self, min_age: float = 0.0, started_ns: int = 0) -> list["Leftover"]:
         """Files named like a staged write that no live writer holds (`in_use`) and that have
         stood still `min_age` seconds, or since before `started_ns` (when the server started:
         no write of its own made them). The others may be writes in flight, whose lock their
@@ -636,13 +657,13 @@ class LocalFSBackend:
         store's transaction calls `publish`, the engine `finish` or `undo` after it."""
         return LocalMove(self, src, dst, entry_id, replace)
 
-    def move_intents(self) -> list[tuple[str, dict]]:
+    async def move_intents(self) -> list[tuple[str, dict]]:
         return read_intents(self)
 
-    def drop_move_intent(self, name: str) -> None:
+    async def drop_move_intent(self, name: str) -> None:
         drop_intent(self, name)
 
-    def recover_move(self, name: str, record: dict, committed: bool) -> None:
+    async def recover_move(self, name: str, record: dict, committed: bool) -> None:
         recover_move(self, record, committed)
         drop_intent(self, name)
 
@@ -657,6 +678,9 @@ class LocalFSBackend:
                 return None
             raise
 
+    async def version(self, path: str) -> tuple[int, int] | None:
+        return self.disk_version(path)
+
     def disk_version(self, path: str) -> tuple[int, int] | None:
         """(size, mtime_ns) of the regular file at `path`, or None."""
         try:
@@ -667,7 +691,7 @@ class LocalFSBackend:
             raise
         return (size, mtime_ns) if stat.S_ISREG(mode) else None
 
-    def remove_temporary(self, path: str) -> None:
+    async def remove_temporary(self, path: str) -> None:
         try:
             dir_fd, name = self._open_parent(path)
         except OSError as exc:

@@ -52,6 +52,9 @@ class LocalMove:
             "src": src, "dst": dst, "id": entry_id, "replace": replace,
             "ino": ino, "dev": dev})
 
+    async def prepare(self) -> None:
+        """Nothing to do before the transaction: one rename inside it moves everything."""
+
     def publish(self) -> None:
         """Give the bytes their new name (idempotent: the store may run its transaction again)."""
         if self.published:
@@ -77,7 +80,7 @@ class LocalMove:
             os.close(src_dir)
         self.published = True
 
-    def undo(self) -> None:
+    async def undo(self) -> None:
         """The metadata did not commit: the bytes go back to their old name."""
         try:
             if self.published:
@@ -86,7 +89,7 @@ class LocalMove:
         finally:
             drop_intent(self.backend, self.intent)
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         """The metadata committed: the replaced entry (now under the old name) goes."""
         try:
             if self.replace:

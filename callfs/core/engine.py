@@ -36,6 +36,8 @@ Check = Callable[[Inode | None], None]
 MAX_UPLOAD = 10 * 1024 ** 3  # API.md §2: 10 GiB per file body
 MOVE_WAIT = 5.0  # how long a read waits for a move that took its bytes away to commit
 READ_VIEW_BUDGET = 64 * 1024 * 1024  # bytes of prepared answers the read view keeps
+# What the read view needs of a backend: bytes on this host, stamped with their version.
+_NEEDS_LOCAL = Capability.LOCAL | Capability.STAMPED
 
 
 class CrossServerConflict(errors.CallFSError):
@@ -112,13 +114,19 @@ class Engine:
     def backend_for(self, inode: Inode):
         return self._backend_named(inode.backend)
 
-    def open_file(self, who: Principal, inode: Inode, *, read: bool = True):
-        """A read handle (fd + size) for a file: NotFound when nothing is at its name,
-        StorageInconsistent when something other than a regular file is. `read=False` opens
-        for a caller that only checks the bytes (HEAD needs no read permission, API.md §7)."""
+    async def open_file(self, who: Principal, inode: Inode, *, read: bool = True):
+        """A read handle (size, stamp, bytes) for a file: NotFound when nothing is at its
+        name, StorageInconsistent when something other than a regular file is. `read=False`
+        opens for a caller that only checks the bytes (HEAD needs no read permission, §7)."""
         if read:
             self.check_read(who, inode)
-        return self.backend_for(inode).open_read(inode.path)
+        backend = self.backend_for(inode)
+        if self.lock_timeout is None or Capability.LOCAL in backend.capabilities:
+            return await backend.open_read(inode.path)  # a local open never waits long
+        try:
+            return await asyncio.wait_for(backend.open_read(inode.path), self.lock_timeout)
+        except TimeoutError:
+            raise errors.ServiceUnavailable("the backend did not open the file in time") from None
 
     async def open_current(self, who: Principal, inode: Inode, *, read: bool = True):
         """Open a file's bytes with the metadata that describes them: (inode, handle); with
@@ -144,7 +152,7 @@ class Engine:
             newer = False
             started = time.perf_counter()
             try:
-                handle = self.open_file(who, inode, read=read)
+                handle = await self.open_file(who, inode, read=read)
             except (errors.NotFound, errors.StorageInconsistent) as exc:
                 problem = exc
             else:
@@ -242,7 +250,7 @@ class Engine:
         """Whether the bytes at a file's path are the version `inode` records (a regular file
         of its size and stamp), and, when it has at most `limit` bytes, its content."""
         backend = self.backends.get(inode.backend)
-        if backend is None:
+        if backend is None or _NEEDS_LOCAL not in backend.capabilities:
             return False, None
         try:
             if inode.size <= limit:
@@ -307,7 +315,7 @@ class Engine:
             backend_name = self.default_backend
             backend = self.backends[backend_name]
             stamp = now_ns()
-            backend.make_directory(path)
+            await backend.make_directory(path)
             entry = NewInode(path=path, type=DIRECTORY, size=0, mode=mode, owner=who.user,
                              group=group, mtime_ns=stamp, backend=backend_name,
                              instance_id=self.owner_for(backend_name))
@@ -348,7 +356,7 @@ class Engine:
                 await self._publish_new(who, path, upload, backend_name, lease, anchor,
                                         *attributes)
         finally:
-            upload.abort()  # nothing once the write ended; the staged bytes otherwise
+            await upload.abort()  # nothing once the write ended; the staged bytes otherwise
 
     async def put_file(self, who: Principal, path: str, body, check: Check | None = None,
                        mode: int | None = None, group: str | None = None) -> bool:
@@ -386,7 +394,7 @@ class Engine:
                 await self._publish_replace(existing, upload, lease)
                 return False
         finally:
-            upload.abort()
+            await upload.abort()
 
     async def store_new(self, who: Principal, path: str, body, lease, anchor, mode: int,
                         group: str | None = None, owner: str | None = None) -> Inode:
@@ -397,7 +405,7 @@ class Engine:
             return await self._publish_new(who, path, upload, backend_name, lease, anchor,
                                            mode, group, owner)
         finally:
-            upload.abort()
+            await upload.abort()
 
     async def replace_content(self, existing: Inode, body, lease) -> Inode:
         """Stage and publish a file's new content while the caller holds its lock (a copy)."""
@@ -405,7 +413,7 @@ class Engine:
         try:
             return await self._publish_replace(existing, upload, lease)
         finally:
-            upload.abort()
+            await upload.abort()
 
     def _backend_named(self, name: str):
         backend = self.backends.get(name)
@@ -452,9 +460,9 @@ class Engine:
             lease.check()
             inode = await record(*args)
         except BaseException:
-            upload.undo()
+            await upload.undo()
             raise
-        upload.finish()
+        await upload.finish()
         return inode
 
     async def _stage(self, backend, path: str, body):
@@ -472,12 +480,12 @@ class Engine:
                 chunk = await body.read()
                 if not chunk:
                     break
-                upload.write(chunk)
+                await upload.write(chunk)
                 if upload.size > MAX_UPLOAD:
                     raise errors.PayloadTooLarge()
             await upload.seal()
         except BaseException:
-            upload.abort()
+            await upload.abort()
             raise
         self.observer.backend_operation(backend.name, "write", time.perf_counter() - started)
         return upload
@@ -511,13 +519,13 @@ class Engine:
                 try:
                     await self.store.delete(inode, removal.publish)
                 except BaseException:
-                    removal.undo()
+                    await removal.undo()
                     raise
-                removal.finish()
+                await removal.finish()
                 return
             await self.store.delete(inode)
             try:
-                if not backend.remove(path, inode.type == DIRECTORY):
+                if not await backend.remove(path, inode.type == DIRECTORY):
                     await self._remove_moved(inode)
             except OSError as exc:
                 # Metadata is the truth: the entry is gone; leftover bytes are only untidy.
@@ -537,7 +545,7 @@ class Engine:
             if parent is None:
                 return
             target = ("" if parent == ROOT else parent) + "/" + inode.name
-            if target != inode.path and backend.remove(target, inode.type == DIRECTORY):
+            if target != inode.path and await backend.remove(target, inode.type == DIRECTORY):
                 return
             if not moving:
                 return
@@ -591,14 +599,14 @@ async def recover(engine: "Engine", *, min_age: float = 0.0, started_ns: int = 0
     """
     handled = await moves.recover_moves(engine, lock_timeout)
     for name, backend in engine.backends.items():
-        for item in backend.leftovers(min_age, started_ns):
+        for item in await backend.leftovers(min_age, started_ns):
             if await engine.store.get(item.tmp) is not None:
                 continue
             deleted = False
             if item.target is None:
                 item.target = await _deleted_entry(engine, name, backend, item)
                 if item.target is None:
-                    backend.remove_temporary(item.tmp)
+                    await backend.remove_temporary(item.tmp)
                     engine.observer.recovered("taken_back")
                     handled += 1
                     continue
@@ -620,7 +628,7 @@ async def _deleted_entry(engine: "Engine", name: str, backend, item) -> str | No
         return None
     for child in await engine.store.list_children(parent):
         if (child.type == FILE and child.backend == name and item.written_for(child.name)
-                and backend.disk_version(child.path) is None):
+                and await backend.version(child.path) is None):
             return child.path
     return None
 
@@ -631,27 +639,28 @@ async def _recover_one(engine: "Engine", name: str, backend, item, fence: int,
     if deleted:
         # Still recorded and the name still free: the deletion never committed.
         if (record is not None and record.type == FILE and record.backend == name
-                and backend.disk_version(item.target) is None
-                and backend.restore_removed(item.tmp, item.target)):
+                and await backend.version(item.target) is None
+                and await backend.restore_removed(item.tmp, item.target)):
             log.info("put back the bytes of a deletion that did not commit",
                      extra={"path": item.target})
             engine.observer.recovered("restored")
         else:
-            backend.remove_temporary(item.tmp)
+            await backend.remove_temporary(item.tmp)
             engine.observer.recovered("intent_removed")
         return
-    disk = backend.disk_version(item.target)
+    disk = await backend.version(item.target)
     if record is None or record.type != FILE or record.backend != name:
         if disk is not None and (item.same or record is None):
-            backend.remove(item.target, False)  # a new file that was never recorded
+            await backend.remove(item.target, False)  # a new file that was never recorded
         engine.observer.recovered("taken_back")
-    elif disk is not None and not item.same and disk[1] > record.mtime_ns:
+    elif disk is not None and not item.same and disk[1] is not None \
+            and disk[1] > record.mtime_ns:
         await engine.store.update_content(record, disk[0], disk[1], fence)
         log.info("recovered an interrupted write", extra={"path": item.target})
         engine.observer.recovered("rolled_forward")
     else:
         engine.observer.recovered("intent_removed")
-    backend.remove_temporary(item.tmp)
+    await backend.remove_temporary(item.tmp)
 
 
 def _listing_key(inode: Inode):

@@ -160,12 +160,13 @@ async def move(engine, who, src: str, request: MoveRequest, check=None) -> Inode
         rows = engine.ancestor_rows(dst, source.owner, now_ns(), source.backend,
                                      group=source.group)
         try:
+            await bytes_move.prepare()
             moved = await engine.store.move(source, dst, rows, existing, bytes_move.publish,
                                             request.attributes or None)
         except BaseException:
-            bytes_move.undo()
+            await bytes_move.undo()
             raise
-        bytes_move.finish()
+        await bytes_move.finish()
         engine.observer.backend_operation(source.backend, "move", time.perf_counter() - started)
         return moved
 
@@ -240,7 +241,7 @@ async def _copy_file(engine, who, source: Inode, dst: str, existing: Inode | Non
 async def _copy_directory(engine, who, source: Inode, dst: str,
                           attributes: Attributes = Attributes()) -> Inode:
     backend_name = engine.default_backend
-    engine.backends[backend_name].make_directory(dst)
+    await engine.backends[backend_name].make_directory(dst)
     stamp = now_ns()
     entry = NewInode(path=dst, type=DIRECTORY, size=0,
                      mode=source.mode if attributes.mode is None else attributes.mode,
@@ -253,7 +254,7 @@ async def _copy_directory(engine, who, source: Inode, dst: str,
 
 async def _restore_directory(engine, directory: Inode) -> None:
     """Put back the empty directory a failed copy was to replace."""
-    engine.backend_for(directory).make_directory(directory.path)
+    await engine.backend_for(directory).make_directory(directory.path)
     entry = NewInode(path=directory.path, type=DIRECTORY, size=0, mode=directory.mode,
                      owner=directory.owner, group=directory.group, mtime_ns=directory.mtime_ns,
                      backend=directory.backend, instance_id=directory.instance_id)
@@ -269,7 +270,7 @@ async def _remove_created(engine, created: list[Inode]) -> None:
     for inode in sorted(created, key=lambda e: e.path, reverse=True):
         try:
             await engine.store.delete(inode)
-            engine.backend_for(inode).remove(inode.path, inode.type == DIRECTORY)
+            await engine.backend_for(inode).remove(inode.path, inode.type == DIRECTORY)
         except (errors.CallFSError, OSError):
             continue
 
@@ -285,11 +286,11 @@ async def recover_moves(engine, lock_timeout: float) -> int:
     """Finish or undo the moves a crash interrupted (see backends/localmove.py)."""
     handled = 0
     for backend in engine.backends.values():
-        for name, record in backend.move_intents():
+        for name, record in await backend.move_intents():
             if await engine.store.get("/" + name) is not None:
                 continue  # a file of the namespace that merely has such a name
             if not _valid_intent(record):
-                backend.drop_move_intent(name)  # cut short while written: nothing moved yet
+                await backend.drop_move_intent(name)  # cut short while written: nothing moved yet
                 continue
             # Both kinds of key for both paths: the record does not say which kind moved.
             keys = [make(path) for path in (record["src"], record["dst"])
@@ -298,7 +299,7 @@ async def recover_moves(engine, lock_timeout: float) -> int:
                 async with engine.locks.hold(keys, lock_timeout):
                     row = await engine.store.get(record["dst"])
                     committed = row is not None and row.id == record["id"]
-                    backend.recover_move(name, record, committed)
+                    await backend.recover_move(name, record, committed)
                     engine.observer.recovered("move_finished")
             except errors.LockTimeout:
                 continue  # the mover still runs, or a dead one's locks have not expired

@@ -506,9 +506,10 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
                 self.transport.write(b"".join(parts))
             elif response.file is not None:
                 self.transport.write(b"".join(parts))
-                await self._send_file(response.file.fd, response.offset, length)
+                zero_copy = await self._send_handle(response.file, response.offset, length,
+                                                    request.request_id)
                 self._account(request, status, length,
-                              b"sendfile" if self._sock_fd >= 0 else b"copy")
+                              b"sendfile" if zero_copy and self._sock_fd >= 0 else b"copy")
             elif response.stream is not None:
                 self.transport.write(b"".join(parts))
                 sent = await self._send_stream(response.stream, chunked)

@@ -7,10 +7,13 @@ connection. A mixin of HttpProtocol, whose fields (`transport`, `loop`, `closed`
 `_dup_fd`, `_stall_since`, the waiters) and `_drain` it uses.
 """
 import asyncio
+import logging
 import os
 
 from callfs._native.stream import send_file
 from callfs.domain.errors import ClientGone
+
+log = logging.getLogger("callfs.http")
 
 # Bytes per read of a download that cannot go by sendfile (TLS). Each read is encrypted into
 # the transport's buffers and copied out once more, so the chunk, its ciphertext and the copy
@@ -34,6 +37,35 @@ class BodySender:
         if chunked:
             self.transport.write(b"0\r\n\r\n")
         return sent
+
+    async def _send_handle(self, handle, offset: int, count: int, request_id: str) -> bool:
+        """`count` bytes of an open file from `offset`: by sendfile where the handle has a
+        descriptor (True), else as its backend streams them, one piece at a time under the
+        transport's flow control. A store that fails or falls short mid-body cuts the
+        connection (the client sees a short body, never a complete-looking wrong one), and
+        the log says why."""
+        if handle.fd >= 0:
+            await self._send_file(handle.fd, offset, count)
+            return True
+        sent = 0
+        try:
+            async for chunk in handle.chunks(offset, count):
+                if self.closed:
+                    raise ClientGone()
+                sent += len(chunk)
+                if sent > count:
+                    raise OSError("the store sent more bytes than the file has")
+                self.transport.write(chunk)
+                await self._drain()
+            if sent != count:
+                raise OSError(f"the store ended the file after {sent} of {count} bytes")
+        except (ClientGone, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.error("download cut: the store failed mid-body",
+                      extra={"request_id": request_id, "error": str(exc), "sent": sent})
+            raise ClientGone() from None
+        return False
 
     async def _send_file(self, fd: int, offset: int, count: int) -> None:
         if self._sock_fd < 0:

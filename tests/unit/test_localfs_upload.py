@@ -11,6 +11,8 @@ from callfs._native import fsops
 from callfs.backends.localfs import TMP_PREFIX, LocalFSBackend
 from callfs.domain import errors
 
+run = asyncio.run
+
 RESOLVERS = ["openat2", "walk"] if fsops.openat2_available() else ["walk"]
 
 
@@ -33,8 +35,8 @@ def backend(tmp_path, request):
 
 def stage(backend, path: str, data: bytes, check=None):
     upload = backend.begin_write(path)
-    upload.write(data)
-    asyncio.run(upload.commit(1, check))
+    run(upload.write(data))
+    run(upload.commit(1, check))
     return upload
 
 
@@ -49,14 +51,14 @@ def staged(backend) -> list[str]:
 
 
 def test_undo_puts_back_the_old_version(backend):
-    stage(backend, "/f", b"old").finish()
-    stage(backend, "/f", b"mine").undo()
+    run(stage(backend, "/f", b"old").finish())
+    run(stage(backend, "/f", b"mine").undo())
     assert content(backend, "/f") == b"old"
     assert staged(backend) == []
 
 
 def test_undo_of_a_new_file_removes_it(backend):
-    stage(backend, "/new", b"mine").undo()
+    run(stage(backend, "/new", b"mine").undo())
     assert not os.path.exists(backend.disk_path("/new"))
     assert staged(backend) == []
 
@@ -66,11 +68,11 @@ def test_undo_keeps_a_newer_writers_bytes(backend, existing):
     """A writer whose lock lapsed published; a newer writer published over it and recorded its
     version; the lapsed writer's record is refused and its undo must leave the newer bytes."""
     if existing:
-        stage(backend, "/f", b"old").finish()
+        run(stage(backend, "/f", b"old").finish())
     lapsed_writer = stage(backend, "/f", b"lapsed")
     newer = stage(backend, "/f", b"newer")
-    lapsed_writer.undo()
-    newer.finish()
+    run(lapsed_writer.undo())
+    run(newer.finish())
     assert content(backend, "/f") == b"newer"
     assert staged(backend) == []
 
@@ -78,11 +80,11 @@ def test_undo_keeps_a_newer_writers_bytes(backend, existing):
 def test_newer_writer_undone_after_a_lapsed_one_recorded(backend):
     """The other order: both published, the newer one's record fails (the version changed
     under it): the name gets back what the newer writer displaced, the recorded bytes."""
-    stage(backend, "/f", b"old").finish()
+    run(stage(backend, "/f", b"old").finish())
     newer = stage(backend, "/f", b"newer")
     lapsed_writer = stage(backend, "/f", b"lapsed")
-    lapsed_writer.finish()  # recorded
-    newer.undo()
+    run(lapsed_writer.finish())  # recorded
+    run(newer.undo())
     assert content(backend, "/f") == b"lapsed"
     assert staged(backend) == []
 
@@ -90,7 +92,7 @@ def test_newer_writer_undone_after_a_lapsed_one_recorded(backend):
 @pytest.mark.parametrize("existing", [True, False])
 def test_a_lapsed_lease_publishes_nothing(backend, existing):
     if existing:
-        stage(backend, "/f", b"old").finish()
+        run(stage(backend, "/f", b"old").finish())
     with pytest.raises(Lapsed):
         stage(backend, "/f", b"lapsed", check=lapsed)
     assert os.path.exists(backend.disk_path("/f")) == existing
@@ -102,31 +104,31 @@ def test_a_lapsed_lease_publishes_nothing(backend, existing):
 # -- deletions: the bytes are set aside inside the store's transaction ------------------------
 
 def test_a_deletion_sets_the_bytes_aside_then_drops_them(backend):
-    stage(backend, "/d/f", b"bytes").finish()
+    run(stage(backend, "/d/f", b"bytes").finish())
     removal = backend.begin_remove("/d/f")
     removal.publish()
     removal.publish()  # a transaction that runs again sets nothing aside twice
     assert not os.path.exists(backend.disk_path("/d/f"))
     assert len(staged(backend)) == 1
-    removal.finish()
+    run(removal.finish())
     assert staged(backend) == [] and os.listdir(backend.disk_path("/d")) == []
 
 
 def test_a_deletion_that_did_not_commit_puts_the_bytes_back(backend):
-    stage(backend, "/d/f", b"bytes").finish()
+    run(stage(backend, "/d/f", b"bytes").finish())
     removal = backend.begin_remove("/d/f")
     removal.publish()
-    removal.undo()
+    run(removal.undo())
     assert content(backend, "/d/f") == b"bytes"
     assert staged(backend) == []
 
 
 def test_undoing_a_deletion_keeps_newer_bytes_at_the_name(backend):
-    stage(backend, "/d/f", b"old").finish()
+    run(stage(backend, "/d/f", b"old").finish())
     removal = backend.begin_remove("/d/f")
     removal.publish()
-    stage(backend, "/d/f", b"newer").finish()
-    removal.undo()
+    run(stage(backend, "/d/f", b"newer").finish())
+    run(removal.undo())
     assert content(backend, "/d/f") == b"newer"
     assert staged(backend) == []
 
@@ -136,19 +138,19 @@ def test_a_deletion_without_bytes_or_of_a_directory_takes_nothing(backend):
     for path in ("/missing", "/gone/f", "/dir"):
         removal = backend.begin_remove(path)
         removal.publish()
-        removal.finish()
+        run(removal.finish())
     assert os.path.isdir(backend.disk_path("/dir")) and staged(backend) == []
 
 
 def test_recovery_restores_bytes_set_aside_only_into_a_free_name(backend):
-    stage(backend, "/d/f", b"bytes").finish()
+    run(stage(backend, "/d/f", b"bytes").finish())
     removal = backend.begin_remove("/d/f")
     removal.publish()
     aside = "/d/" + staged(backend)[0]
-    stage(backend, "/d/f", b"newer").finish()
-    assert not backend.restore_removed(aside, "/d/f")
+    run(stage(backend, "/d/f", b"newer").finish())
+    assert not run(backend.restore_removed(aside, "/d/f"))
     os.unlink(backend.disk_path("/d/f"))
-    assert backend.restore_removed(aside, "/d/f")
+    assert run(backend.restore_removed(aside, "/d/f"))
     assert content(backend, "/d/f") == b"bytes"
 
 
@@ -162,46 +164,46 @@ def test_leftovers_while_serving_are_only_old_ones_or_older_than_the_server(back
     """A pass while serving skips a staged file younger than `min_age` unless it predates the
     server's start (a write in flight may hold its lock under a path a move changed since)."""
     upload = backend.begin_write("/d/f")
-    upload.write(b"in flight")
+    run(upload.write(b"in flight"))
     died(upload)
     now = time.time_ns()
-    assert [item.target for item in backend.leftovers(0.0)] == [None]
-    assert backend.leftovers(60.0, started_ns=now - 10 ** 9) == []
-    found = backend.leftovers(60.0, started_ns=now + 10 ** 9)
+    assert [item.target for item in run(backend.leftovers(0.0))] == [None]
+    assert run(backend.leftovers(60.0, started_ns=now - 10 ** 9)) == []
+    found = run(backend.leftovers(60.0, started_ns=now + 10 ** 9))
     assert len(found) == 1 and found[0].parent == "/d" and found[0].written_for("f")
     assert not found[0].written_for("g")
-    upload.abort()
-    assert backend.leftovers(0.0) == []
+    run(upload.abort())
+    assert run(backend.leftovers(0.0)) == []
 
 
 def test_a_live_writers_staged_file_is_never_a_leftover(backend):
     """Staging holds no path lock: the staged file's flock tells every recovery pass (of any
     process) that its writer lives, however old the file or the pass's cut-off."""
-    stage(backend, "/d/f", b"old").finish()
+    run(stage(backend, "/d/f", b"old").finish())
     upload = backend.begin_write("/d/f")
-    upload.write(b"slow")
+    run(upload.write(b"slow"))
     far = time.time_ns() + 10 ** 12
-    assert backend.leftovers(0.0, started_ns=far) == []
-    asyncio.run(upload.commit(2))  # published (an exchange), not yet recorded
-    assert [(i.target, i.same) for i in backend.leftovers(0.0, started_ns=far)] == \
+    assert run(backend.leftovers(0.0, started_ns=far)) == []
+    run(upload.commit(2))  # published (an exchange), not yet recorded
+    assert [(i.target, i.same) for i in run(backend.leftovers(0.0, started_ns=far))] == \
         [("/d/f", False)]  # the old version: the path's lock guards it from here
-    upload.finish()
-    assert backend.leftovers(0.0, started_ns=far) == [] and content(backend, "/d/f") == b"slow"
+    run(upload.finish())
+    assert run(backend.leftovers(0.0, started_ns=far)) == [] and content(backend, "/d/f") == b"slow"
 
 
 @pytest.mark.parametrize("remade", [True, False])
 def test_a_staged_file_follows_its_path_when_a_directory_above_moves(backend, remade):
     """A directory above moved while the body streamed (taking the staged file along): the
     file is published at the path it was sent to, in the directory now there."""
-    stage(backend, "/a/b/f", b"old").finish()
+    run(stage(backend, "/a/b/f", b"old").finish())
     upload = backend.begin_write("/a/b/f")
-    upload.write(b"new")
+    run(upload.write(b"new"))
     os.rename(backend.disk_path("/a"), backend.disk_path("/moved"))
     if remade:
         os.makedirs(backend.disk_path("/a/b"))
-    asyncio.run(upload.seal())
-    asyncio.run(upload.commit(3, new=True))
-    upload.finish()
+    run(upload.seal())
+    run(upload.commit(3, new=True))
+    run(upload.finish())
     assert content(backend, "/a/b/f") == b"new"
     assert content(backend, "/moved/b/f") == b"old"
     assert staged(backend) == []
@@ -233,11 +235,11 @@ def tree(top):
 
 
 def test_a_file_replaced_by_a_link_is_neither_served_nor_written_through(backend, outside):
-    stage(backend, "/d/f", b"mine").finish()
+    run(stage(backend, "/d/f", b"mine").finish())
     os.unlink(backend.disk_path("/d/f"))
     os.symlink(outside.path / "secret", backend.disk_path("/d/f"))
     with pytest.raises(errors.StorageInconsistent):
-        backend.open_read("/d/f")
+        run(backend.open_read("/d/f"))
     with pytest.raises(errors.StorageInconsistent):
         backend.read_version("/d/f", 6, 0)
     assert backend.disk_version("/d/f") is None
@@ -248,34 +250,34 @@ def test_a_file_replaced_by_a_link_is_neither_served_nor_written_through(backend
     assert os.path.islink(backend.disk_path("/d/f")) and staged(backend) == []
     removal = backend.begin_remove("/d/f")  # the link goes, as a name; its target stays
     removal.publish()
-    removal.finish()
+    run(removal.finish())
     assert os.listdir(backend.disk_path("/d")) == []
     assert outside.unchanged()
 
 
 def test_nothing_below_a_directory_replaced_by_a_link(backend, outside):
-    stage(backend, "/d/f", b"mine").finish()
+    run(stage(backend, "/d/f", b"mine").finish())
     os.rename(backend.disk_path("/d"), backend.disk_path("/kept"))
     os.symlink(outside.path, backend.disk_path("/d"))
     with pytest.raises(errors.StorageInconsistent):
-        backend.open_read("/d/secret")
+        run(backend.open_read("/d/secret"))
     assert backend.disk_version("/d/secret") is None
     for path in ("/d/new", "/d/sub/new", "/d/secret"):
         with pytest.raises(errors.StorageInconsistent):
             backend.begin_write(path)
     with pytest.raises(errors.StorageInconsistent):
-        backend.make_directory("/d/sub")
+        run(backend.make_directory("/d/sub"))
     with pytest.raises(errors.StorageInconsistent):
         backend.begin_move("/d/secret", "/moved", 1, False)
     with pytest.raises(OSError):
-        backend.remove("/d/secret", False)
+        run(backend.remove("/d/secret", False))
     with pytest.raises(OSError):
-        backend.remove("/d", True)  # rmdir of a link: refused, never followed
+        run(backend.remove("/d", True))  # rmdir of a link: refused, never followed
     removal = backend.begin_remove("/d/secret")
     removal.publish()
-    removal.finish()
+    run(removal.finish())
     with pytest.raises(OSError):
-        backend.remove_temporary("/d/" + TMP_PREFIX + "0123456789abcdef-0123456789abcdef")
+        run(backend.remove_temporary("/d/" + TMP_PREFIX + "0123456789abcdef-0123456789abcdef"))
     assert outside.unchanged()
     assert content(backend, "/kept/f") == b"mine"
 
@@ -286,7 +288,7 @@ def test_a_dangling_link_is_never_created_through(backend, tmp_path):
     with pytest.raises(errors.StorageInconsistent):
         stage(backend, "/new", b"bytes")
     with pytest.raises(errors.AlreadyExists):
-        backend.make_directory("/new")
+        run(backend.make_directory("/new"))
     with pytest.raises(errors.StorageInconsistent):
         backend.begin_write("/new/below")
     assert not os.path.lexists(target)
@@ -294,25 +296,25 @@ def test_a_dangling_link_is_never_created_through(backend, tmp_path):
 
 
 def test_recovery_never_looks_through_a_link(backend, outside):
-    stage(backend, "/d/f", b"mine").finish()
+    run(stage(backend, "/d/f", b"mine").finish())
     os.symlink(outside.path, backend.disk_path("/d/out"))
     os.symlink(outside.path / "secret", backend.disk_path("/.callfs-move-0123456789abcdef"))
-    assert backend.leftovers(0.0) == []
-    assert backend.move_intents() == []
+    assert run(backend.leftovers(0.0)) == []
+    assert run(backend.move_intents()) == []
     assert outside.unchanged()
 
 
 def test_a_move_renames_names_and_follows_no_link(backend, outside):
-    stage(backend, "/a/f", b"mine").finish()
+    run(stage(backend, "/a/f", b"mine").finish())
     os.symlink(outside.path, backend.disk_path("/a/out"))
     move = backend.begin_move("/a", "/b/c", 7, False)  # a directory holding a link
     move.publish()
-    move.finish()
+    run(move.finish())
     assert os.path.islink(backend.disk_path("/b/c/out")) and content(backend, "/b/c/f") == b"mine"
     os.symlink(outside.path, backend.disk_path("/l"))
     move = backend.begin_move("/b/c/f", "/l/f", 8, False)
     with pytest.raises(errors.StorageInconsistent):
         move.publish()
-    move.undo()  # as the engine does when the store's transaction fails
+    run(move.undo())  # as the engine does when the store's transaction fails
     assert content(backend, "/b/c/f") == b"mine"
-    assert outside.unchanged() and backend.move_intents() == []
+    assert outside.unchanged() and run(backend.move_intents()) == []
