@@ -83,7 +83,8 @@ def copy_bytes(src: int, dst: int, size: int, methods=METHODS, cancelled=lambda:
 
 class CopySource:
     """The bytes of an open file (a ReadHandle) as an upload body: `transfer_to` copies them
-    into the staged file in a worker thread; `read` then reports the end."""
+    into a staged file in a worker thread (and `read` then reports the end); an upload that
+    takes no descriptor reads them instead."""
 
     def __init__(self, handle, methods=METHODS):
         self.handle = handle
@@ -91,6 +92,7 @@ class CopySource:
         self.methods = methods
         self.method = None
         self._cancelled = False
+        self._pieces = None
 
     async def transfer_to(self, fd: int) -> int:
         copying = asyncio.get_running_loop().run_in_executor(
@@ -117,4 +119,14 @@ class CopySource:
         return copied
 
     async def read(self) -> bytes:
-        return b""
+        """For a backend that takes no descriptor: the file's bytes a piece at a time (b""
+        once `transfer_to` copied them, or at the end)."""
+        if self.method is not None:
+            return b""
+        if self._pieces is None:
+            self._pieces = self.handle.chunks(0, self.handle.size)
+        try:
+            return await self._pieces.__anext__()
+        except StopAsyncIteration:
+            self.method = "read"
+            return b""
