@@ -722,7 +722,7 @@ def _check_address(key: str, addr: str) -> None:
 # What this build serves; `config validate` accepts the other types of §5 (CONFIG.md §5.6)
 # and says that `callfs server` will refuse them.
 AVAILABLE_STORES = ("sqlite", "postgres")
-AVAILABLE_BACKENDS = ("localfs",)
+AVAILABLE_BACKENDS = ("localfs", "s3")
 
 
 def unavailable(config: Config) -> str | None:
@@ -733,7 +733,9 @@ def unavailable(config: Config) -> str | None:
                 "use sqlite or postgres")
     if (b.default_backend or "localfs") not in AVAILABLE_BACKENDS:
         return (f"backend.default_backend {b.default_backend} is not available in this build; "
-                "use localfs")
+                "use localfs or s3")
+    if b.default_backend == "s3" and not b.s3_bucket_name:
+        return "backend.default_backend s3 needs backend.s3_bucket_name (empty disables S3)"
     return None
 
 

@@ -31,6 +31,7 @@ from callfs.api.links import LinksAPI
 from callfs.api.system import SystemAPI
 from callfs.api.transfer import TransferAPI
 from callfs.backends.localfs import LocalFSBackend
+from callfs.backends.s3 import S3Backend, S3Settings
 from callfs.domain import errors
 from callfs.core.engine import Engine, recover
 from callfs.core.links import Links
@@ -225,10 +226,22 @@ def _build_store(cfg, observer):
     return CachedStore(MeasuredStore(store, observer), open_table(_generations_path(cfg)))
 
 
+def _build_backends(cfg) -> dict:
+    """Every backend the configuration enables: the local disk always (its root may be
+    empty: disabled), S3 when a bucket is named. Uploads of S3 carry this run's id, so that
+    recovery tells a dead writer's multipart uploads from a live one's."""
+    backends = {"localfs": LocalFSBackend(cfg.backend.localfs_root_path,
+                                          durable=cfg.backend.localfs_fsync)}
+    if cfg.backend.s3_bucket_name:
+        backends["s3"] = S3Backend(S3Settings.from_config(cfg.backend),
+                                   instance_id=cfg.instance_discovery.instance_id,
+                                   run_id=f"{_started_ns:x}")
+    return backends
+
+
 def _build_engine(cfg, store, locks, observer=None) -> Engine:
-    localfs = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
     return Engine(
-        store=store, locks=locks, backends={"localfs": localfs},
+        store=store, locks=locks, backends=_build_backends(cfg),
         default_backend=cfg.backend.default_backend or "localfs",
         instance_id=cfg.instance_discovery.instance_id,
         file_op_timeout=cfg.server.file_op_timeout,
@@ -247,12 +260,20 @@ def accounts_of(cfg) -> Accounts:
 
 
 async def _prepare(cfg, lock_fd: int, observer) -> int:
-    backend = LocalFSBackend(cfg.backend.localfs_root_path, durable=cfg.backend.localfs_fsync)
+    backends = _build_backends(cfg)
     try:
-        await backend.open()
+        await backends["localfs"].open()
     except OSError as exc:
         raise StartupError(f"cannot create the local root {cfg.backend.localfs_root_path}: "
                            f"{exc.strerror or exc}") from exc
+    if "s3" in backends:
+        try:
+            await backends["s3"].open()  # HEAD bucket: it must answer (CONFIG.md §5.5)
+        except errors.CallFSError as exc:
+            raise StartupError(f"cannot reach the S3 bucket {cfg.backend.s3_bucket_name}: "
+                               f"{exc}") from None
+        finally:
+            await backends["s3"].close()
     store = _build_store(cfg, observer)
     try:
         await store.open()

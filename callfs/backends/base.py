@@ -129,8 +129,9 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
     # -- reads
-    async def open_read(self, path: str) -> ReadHandle:
-        """NotFound when nothing is at the path; StorageInconsistent for what is not a file."""
+    async def open_read(self, path: str, *, content: bool = True) -> ReadHandle:
+        """NotFound when nothing is at the path; StorageInconsistent for what is not a file.
+        `content=False`: only the size and stamp will be asked (a HEAD)."""
 
     async def version(self, path: str) -> tuple[int, int | None] | None:
         """(size, mtime_ns) of the file at `path` (mtime_ns None where bytes carry no

@@ -473,8 +473,9 @@ class LocalFSBackend:
             raise
         return current
 
-    async def open_read(self, path: str) -> ReadHandle:
-        """The regular file at `path`, opened (see `open_file`)."""
+    async def open_read(self, path: str, *, content: bool = True) -> ReadHandle:
+        """The regular file at `path`, opened (see `open_file`); its descriptor serves a
+        caller that only checks the bytes as well."""
         return self.open_file(path)
 
     def open_file(self, path: str) -> ReadHandle:

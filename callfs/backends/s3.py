@@ -184,23 +184,31 @@ class S3Client:
 class S3ReadHandle:
     """An object of a known size and ETag; no descriptor (`fd` -1): its bytes are streamed."""
 
-    __slots__ = ("backend", "key", "size", "etag", "mtime_ns", "fd")
+    __slots__ = ("backend", "key", "size", "etag", "mtime_ns", "fd", "_body")
 
-    def __init__(self, backend: "S3Backend", key: str, size: int, etag: str):
+    def __init__(self, backend: "S3Backend", key: str, size: int, etag: str, body=None):
         self.backend = backend
         self.key = key
         self.size = size
         self.etag = etag
         self.mtime_ns = None  # S3 keeps no stamp CallFS sets: the metadata is the truth
         self.fd = -1
+        self._body = body  # the opening GET's body: the whole object, as it was then
 
     async def chunks(self, offset: int, length: int, piece: int = READ_PIECE):
         if length <= 0:
             return
         s3 = self.backend.s3
-        answer = await s3.call("get_object", Bucket=self.backend.bucket, Key=self.key,
-                               Range=f"bytes={offset}-{offset + length - 1}", IfMatch=self.etag)
-        body = answer["Body"]
+        body, self._body = self._body, None
+        if body is None or offset != 0 or length != self.size:
+            if body is not None:
+                body.close()
+            # Another part of the object, or a second read: a ranged GET of the version
+            # opened (a newer one fails it rather than mixing into the answer).
+            answer = await s3.call("get_object", Bucket=self.backend.bucket, Key=self.key,
+                                   Range=f"bytes={offset}-{offset + length - 1}",
+                                   IfMatch=self.etag)
+            body = answer["Body"]
         try:
             left = length
             while left > 0:
@@ -213,7 +221,9 @@ class S3ReadHandle:
             body.close()
 
     def close(self) -> None:
-        pass
+        body, self._body = self._body, None
+        if body is not None:
+            body.close()
 
 
 class S3CopySource:
@@ -271,7 +281,8 @@ class S3Upload:
         self.size += len(chunk)
         part = self.backend.part_size
         while len(self._buffer) >= part:
-            data = bytes(self._buffer[:part])
+            with memoryview(self._buffer) as view:
+                data = bytes(view[:part])  # one copy: the part that goes
             del self._buffer[:part]
             await self._send_part(data)
 
@@ -488,17 +499,27 @@ class S3Backend:
     async def open(self) -> None:
         """The bucket must answer (a HEAD-bucket check); ServiceUnavailable or InternalError
         says why not."""
-        await self.s3.call("head_bucket", Bucket=self.bucket)
+        try:
+            await self.s3.call("head_bucket", Bucket=self.bucket)
+        except errors.NotFound:
+            raise errors.InternalError(f"the bucket {self.bucket} does not exist") from None
 
     async def close(self) -> None:
         self.s3.close()
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def open_read(self, path: str) -> S3ReadHandle:
+    async def open_read(self, path: str, *, content: bool = True) -> S3ReadHandle:
+        """With `content`, one GET: the answer's headers give the size and ETag, and its body,
+        read as the client takes it, is that one version whatever is written meanwhile.
+        Without (a HEAD), a HEAD."""
         key = self.key(path)
-        head = await self.s3.call("head_object", Bucket=self.bucket, Key=key)
-        return S3ReadHandle(self, key, int(head["ContentLength"]), head["ETag"])
+        if not content:
+            head = await self.s3.call("head_object", Bucket=self.bucket, Key=key)
+            return S3ReadHandle(self, key, int(head["ContentLength"]), head["ETag"])
+        answer = await self.s3.call("get_object", Bucket=self.bucket, Key=key)
+        return S3ReadHandle(self, key, int(answer["ContentLength"]), answer["ETag"],
+                            answer["Body"])
 
     async def version(self, path: str) -> tuple[int, None] | None:
         try:

@@ -122,9 +122,10 @@ class Engine:
             self.check_read(who, inode)
         backend = self.backend_for(inode)
         if self.lock_timeout is None or Capability.LOCAL in backend.capabilities:
-            return await backend.open_read(inode.path)  # a local open never waits long
+            return await backend.open_read(inode.path, content=read)  # never waits long
         try:
-            return await asyncio.wait_for(backend.open_read(inode.path), self.lock_timeout)
+            return await asyncio.wait_for(backend.open_read(inode.path, content=read),
+                                          self.lock_timeout)
         except TimeoutError:
             raise errors.ServiceUnavailable("the backend did not open the file in time") from None
 
@@ -160,9 +161,9 @@ class Engine:
                                                 time.perf_counter() - started)
                 on_disk = handle.mtime_ns
                 current = None
-                if on_disk is None or (handle.size == inode.size and on_disk <= inode.mtime_ns):
-                    current = inode
-                elif on_disk > inode.mtime_ns:
+                if handle.size == inode.size and (on_disk is None or on_disk <= inode.mtime_ns):
+                    current = inode  # (bytes without a stamp: their size is all they tell)
+                elif on_disk is not None and on_disk > inode.mtime_ns:
                     newer = True
                     if busy(inode.path):
                         current = msgspec.structs.replace(inode, size=handle.size,

@@ -6,6 +6,7 @@ One server per test session serves most tests; each test works below its own dir
 import http.client
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -137,6 +138,67 @@ class Server:
 
     def disk(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
+
+    # -- the bytes where the server's backend keeps them: the local root, or the S3 bucket --
+
+    bucket = None  # set for a server whose new entries go to S3
+    moto = None
+
+    def stored(self, path: str) -> bytes | None:
+        """A file's bytes as stored, or None when no file is stored at `path`."""
+        if self.bucket:
+            try:
+                answer = self.moto.client().get_object(Bucket=self.bucket, Key=path.lstrip("/"))
+            except Exception as exc:
+                if "NoSuchKey" in str(exc) or "404" in str(exc):
+                    return None
+                raise
+            return answer["Body"].read()
+        try:
+            with open(self.disk(path), "rb") as fh:
+                return fh.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def stored_dir(self, path: str) -> bool:
+        """Whether a directory is stored at `path` (on S3: its empty object `path/`)."""
+        if self.bucket:
+            listed = self.moto.client().list_objects_v2(Bucket=self.bucket,
+                                                        Prefix=path.lstrip("/") + "/",
+                                                        MaxKeys=1)
+            return listed.get("KeyCount", 0) > 0
+        return os.path.isdir(self.disk(path))
+
+    def stored_anything(self, path: str) -> bool:
+        return self.stored(path) is not None or self.stored_dir(path)
+
+    def stored_names(self, path: str) -> list[str]:
+        """The names stored directly below the directory `path`."""
+        if self.bucket:
+            prefix = path.lstrip("/") + "/"
+            listed = self.moto.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix,
+                                                        Delimiter="/")
+            names = [o["Key"][len(prefix):] for o in listed.get("Contents", [])]
+            names += [p["Prefix"][len(prefix):].rstrip("/") for p in
+                      listed.get("CommonPrefixes", [])]
+            return [name for name in names if name]
+        return os.listdir(self.disk(path))
+
+    def staged(self, path: str) -> list[str]:
+        """Writes being staged below the directory `path`: temporary files on local disk,
+        multipart uploads in flight on S3."""
+        if self.bucket:
+            listed = self.moto.client().list_multipart_uploads(Bucket=self.bucket,
+                                                               Prefix=path.lstrip("/") + "/")
+            return [u["Key"] for u in listed.get("Uploads", [])]
+        return [t for t in self.temporaries() if t.startswith(self.disk(path) + os.sep)]
+
+    def lose_bytes(self, path: str) -> None:
+        """Take a file's bytes away behind the server's back."""
+        if self.bucket:
+            self.moto.client().delete_object(Bucket=self.bucket, Key=path.lstrip("/"))
+        else:
+            os.unlink(self.disk(path))
 
     def temporaries(self) -> list[str]:
         found = []
@@ -270,10 +332,51 @@ def server(tmp_path_factory):
     assert not srv.stray_pauses()
 
 
+@pytest.fixture(scope="session")
+def moto():
+    """moto's S3 server on a loopback port, for the whole run."""
+    from s3store import MotoServer
+    store = MotoServer()
+    yield store
+    store.stop()
+
+
+def s3_sections(moto, bucket: str | None = None) -> dict:
+    """Configuration sections for a server whose new files go to a fresh bucket of `moto`."""
+    from s3store import ACCESS_KEY, REGION, SECRET_KEY
+    if bucket is None:
+        bucket = "callfs-" + uuid.uuid4().hex[:12]
+        moto.client().create_bucket(Bucket=bucket)
+    return {"backend": {"default_backend": "s3", "s3_bucket_name": bucket,
+                        "s3_endpoint": moto.endpoint, "s3_region": REGION,
+                        "s3_access_key": ACCESS_KEY, "s3_secret_key": SECRET_KEY,
+                        "s3_part_size": "5MiB"}}
+
+
+@pytest.fixture(scope="module", params=["localfs", "s3"])
+def backend_server(request, tmp_path_factory):
+    """The engine's suite runs on both backends: a server per module and backend (new files
+    and directories on that backend); `backend_server.bucket` names the S3 bucket."""
+    sections = {}
+    bucket = None
+    if request.param == "s3":
+        moto = request.getfixturevalue("moto")
+        sections = s3_sections(moto)
+        bucket = sections["backend"]["s3_bucket_name"]
+    srv = launch(tmp_path_factory.mktemp(f"callfs-{request.param}"), **sections)
+    srv.backend = request.param
+    srv.bucket = bucket
+    srv.moto = request.getfixturevalue("moto") if bucket else None
+    yield srv
+    code = srv.stop()
+    assert code == 0, srv.log()
+    assert not srv.stray_pauses()
+
+
 @pytest.fixture
 def ns(server, request) -> str:
     """A fresh directory path for this test (not created)."""
-    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:60]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name.replace("]", ""))[:60]
     return f"/t-{name}-{uuid.uuid4().hex[:8]}"
 
 

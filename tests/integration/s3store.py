@@ -33,8 +33,8 @@ def _moto_command() -> list[str]:
 class MotoServer:
     """One moto server process; `endpoint` is its URL. Stop with `stop()`."""
 
-    def __init__(self):
-        self.port = _free_port()
+    def __init__(self, port: int | None = None):
+        self.port = port or _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
                    AWS_DEFAULT_REGION=REGION)

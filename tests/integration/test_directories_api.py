@@ -6,6 +6,12 @@ import urllib.parse
 import pytest
 from conftest import shared
 
+
+@pytest.fixture(scope="module")
+def server(backend_server):
+    """This module's checks hold on every backend: they run on localfs and on S3."""
+    return backend_server
+
 INFO_FIELDS = {"name", "path", "type", "size", "mode", "owner", "group", "mtime"}
 MTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 

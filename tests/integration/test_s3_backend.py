@@ -238,9 +238,14 @@ def test_a_read_never_mixes_in_a_newer_version(moto, bucket):
         await write(backend, "/f", b"first")
         handle = await backend.open_read("/f")
         await write(backend, "/f", b"other")
+        # The opening GET is the version opened, whole, whatever was written since ...
+        assert b"".join([p async for p in handle.chunks(0, handle.size)]) == b"first"
+        # ... and any further read of it fails rather than mix in the newer one.
         with pytest.raises(errors.CallFSError):
-            async for _ in handle.chunks(0, handle.size):
+            async for _ in handle.chunks(1, 2):
                 pass
+        head = await backend.open_read("/f", content=False)
+        assert head.etag != handle.etag  # a HEAD sees the newer version
     run(scenario())
 
 
@@ -403,5 +408,5 @@ def test_an_unreachable_store_answers_quickly_with_a_clear_error(bucket):
 
 
 def test_a_missing_bucket_is_refused_at_open(moto):
-    with pytest.raises(errors.NotFound):
+    with pytest.raises(errors.InternalError, match="does not exist"):
         run_opened(moto, "no-such-bucket-" + secrets.token_hex(4))
