@@ -10,6 +10,8 @@ How a page's examples are run (docs/README.md, "Examples that run", says the sam
 - The page's ```sh, ```bash and ```console blocks run in order, in one bash process (a variable
   set in one block is there in the next), in a scratch directory that is also $HOME, with
   `callfs` on the PATH. `curl` is curl with `-sS` and its status reported beside its output.
+- A page holding `<!-- server: s3 -->` gets a server whose new entries go to an S3 bucket
+  (moto's server on loopback).
 - `<!-- not run: reason -->` before a block skips it (the test counts those); an HTML comment
   `<!-- setup` ... `-->` holds commands a reader need not see that run in their place, e.g. to
   create the files a later example reads.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KEYS, POSITIONAL_KEY, launch
+from conftest import KEYS, POSITIONAL_KEY, launch, s3_sections
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLE_ADDRESS = "127.0.0.1:8443"
@@ -260,19 +262,26 @@ def test_every_page_is_found_and_parsed():
     assert total > 50
 
 
+S3_PAGE = "<!-- server: s3 -->"  # the page's server keeps new entries in an S3 bucket
+
+
 @pytest.mark.parametrize("name", PAGES)
-def test_the_shell_examples_of_a_page_do_what_it_shows(tmp_path, name):
-    page = parse((DOCS / name).read_text())
+def test_the_shell_examples_of_a_page_do_what_it_shows(tmp_path, name, request):
+    text = (DOCS / name).read_text()
+    page = parse(text)
     if not page.steps:
         pytest.skip(f"no shell examples ({len(page.skipped)} not run)")
     scratch = tmp_path / "home"
     scratch.mkdir()
+    backend = {"localfs_root_path": str(scratch / "callfs-data" / "files")}
+    if S3_PAGE in text:
+        backend.update(s3_sections(request.getfixturevalue("moto"))["backend"])
     server = launch(tmp_path / "server",
                     auth={"api_keys": [POSITIONAL_KEY, BANNER_KEY],
                           "api_key_users": dict(KEYS, alice=ALICE_KEY, bob=BOB_KEY,
                                                 carol=CAROL_KEY),
                           "groups": GROUPS},
-                    backend={"localfs_root_path": str(scratch / "callfs-data" / "files")},
+                    backend=backend,
                     metadata_store={"type": "sqlite",
                                     "sqlite_path": str(scratch / "callfs-data" /
                                                        "metadata.sqlite3")},
