@@ -41,7 +41,7 @@ from callfs.domain import errors
 
 log = logging.getLogger("callfs.s3")
 
-READ_PIECE = 1024 * 1024  # bytes per read of an object's body
+READ_PIECE = 4 * 1024 * 1024  # bytes per read of an object's body
 PARTS_IN_FLIGHT = 3  # parts of one upload sent at once
 MIN_PART = 5 * 1024 ** 2  # S3's smallest part (all but the last)
 MAX_PART = 5 * 1024 ** 3
@@ -209,15 +209,25 @@ class S3ReadHandle:
                                    Range=f"bytes={offset}-{offset + length - 1}",
                                    IfMatch=self.etag)
             body = answer["Body"]
+        # One piece read ahead: S3 sends the next while the client takes this one.
+        left = length
+        ahead = asyncio.ensure_future(s3.run(body.read, min(piece, left)))
         try:
-            left = length
             while left > 0:
-                data = await s3.run(body.read, min(piece, left))
+                data = await ahead
                 if not data:
                     raise OSError(f"S3 ended {self.key} {left} bytes early")
                 left -= len(data)
+                ahead = (asyncio.ensure_future(s3.run(body.read, min(piece, left)))
+                         if left > 0 else None)
                 yield data
         finally:
+            if ahead is not None:
+                try:
+                    # Its thread must be done with the body before the body closes.
+                    await asyncio.shield(ahead)
+                except BaseException:
+                    pass
             body.close()
 
     def close(self) -> None:
@@ -281,9 +291,9 @@ class S3Upload:
         self.size += len(chunk)
         part = self.backend.part_size
         while len(self._buffer) >= part:
-            with memoryview(self._buffer) as view:
-                data = bytes(view[:part])  # one copy: the part that goes
-            del self._buffer[:part]
+            # The buffer itself goes as the part; only what is beyond it is copied out.
+            data, self._buffer = self._buffer, self._buffer[part:]
+            del data[part:]
             await self._send_part(data)
 
     async def fill(self, body) -> None:
