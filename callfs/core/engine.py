@@ -21,7 +21,8 @@ from callfs.core import moves
 from callfs.domain.observer import Observer, Silent
 from callfs.core.permissions import Principal, Rules
 from callfs.domain import errors
-from callfs.domain.model import DIRECTORY, FILE, ROOT, Attributes, Inode, NewInode, now_ns
+from callfs.domain.model import (DIRECTORY, FILE, ROOT, Attributes, Content, Inode, NewInode,
+                                 now_ns)
 from callfs.locks.base import dir_key, file_key
 
 log = logging.getLogger("callfs.engine")
@@ -107,18 +108,21 @@ class Engine:
     def owner_for(self, backend_name: str) -> str | None:
         """The instance a new entry on that backend belongs to: this one where the bytes live
         on its own disk (Capability.LOCAL), none where every instance reads them."""
-        if Capability.LOCAL in self._backend_named(backend_name).capabilities:
+        if Capability.LOCAL in self.backend_named(backend_name).capabilities:
             return self.instance_id
         return None
 
     def backend_for(self, inode: Inode):
-        return self._backend_named(inode.backend)
+        return self.backend_named(inode.backend)
 
-    async def open_file(self, who: Principal, inode: Inode, *, read: bool = True):
+    async def open_file(self, who: Principal, inode: Inode, *, read: bool = True,
+                        permission: bool = True):
         """A read handle (size, stamp, bytes) for a file: NotFound when nothing is at its
         name, StorageInconsistent when something other than a regular file is. `read=False`
-        opens for a caller that only checks the bytes (HEAD needs no read permission, §7)."""
-        if read:
+        opens for a caller that only checks the bytes (HEAD needs no read permission, §7);
+        `permission=False` for one that reads them on the entry's behalf (a move to another
+        backend, which the right to move the entry allows)."""
+        if read and permission:
             self.check_read(who, inode)
         backend = self.backend_for(inode)
         if self.lock_timeout is None or Capability.LOCAL in backend.capabilities:
@@ -129,7 +133,8 @@ class Engine:
         except TimeoutError:
             raise errors.ServiceUnavailable("the backend did not open the file in time") from None
 
-    async def open_current(self, who: Principal, inode: Inode, *, read: bool = True):
+    async def open_current(self, who: Principal, inode: Inode, *, read: bool = True,
+                           permission: bool = True):
         """Open a file's bytes with the metadata that describes them: (inode, handle); with
         `read=False` (HEAD) the bytes are only checked and the handle is None.
 
@@ -153,7 +158,7 @@ class Engine:
             newer = False
             started = time.perf_counter()
             try:
-                handle = await self.open_file(who, inode, read=read)
+                handle = await self.open_file(who, inode, read=read, permission=permission)
             except (errors.NotFound, errors.StorageInconsistent) as exc:
                 problem = exc
             else:
@@ -346,7 +351,7 @@ class Engine:
         _check_announced_size(body)
         backend_name = self.default_backend
         self.observer.file_operation("create", backend_name)
-        upload = await self._stage(self.backends[backend_name], path, body)
+        upload = await self.stage(self.backends[backend_name], path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
                 existing, anchor = await self.check_create(who, path, FILE)
@@ -376,7 +381,7 @@ class Engine:
         _check_announced_size(body)
         backend_name = self.default_backend if existing is None else existing.backend
         self.observer.file_operation("create" if existing is None else "write", backend_name)
-        upload = await self._stage(self._backend_named(backend_name), path, body)
+        upload = await self.stage(self.backend_named(backend_name), path, body)
         try:
             async with self.locks.hold([file_key(path)], self.lock_timeout) as lease:
                 existing, anchor = await self.check_create(who, path, FILE)
@@ -398,25 +403,77 @@ class Engine:
             await upload.abort()
 
     async def store_new(self, who: Principal, path: str, body, lease, anchor, mode: int,
-                        group: str | None = None, owner: str | None = None) -> Inode:
-        """Stage and publish a new file while the caller holds the path's lock (a copy)."""
-        backend_name = self.default_backend
-        upload = await self._stage(self.backends[backend_name], path, body)
+                        group: str | None = None, owner: str | None = None,
+                        backend_name: str | None = None) -> Inode:
+        """Stage and publish a new file while the caller holds the path's lock (a copy), on
+        `backend_name` (the default backend when None)."""
+        backend_name = backend_name or self.default_backend
+        upload = await self.stage(self.backend_named(backend_name), path, body)
         try:
             return await self._publish_new(who, path, upload, backend_name, lease, anchor,
                                            mode, group, owner)
         finally:
             await upload.abort()
 
-    async def replace_content(self, existing: Inode, body, lease) -> Inode:
-        """Stage and publish a file's new content while the caller holds its lock (a copy)."""
-        upload = await self._stage(self.backend_for(existing), existing.path, body)
+    async def replace_content(self, existing: Inode, body, lease,
+                              backend_name: str | None = None) -> Inode:
+        """Stage and publish a file's new content while the caller holds its lock (a copy),
+        on `backend_name` (the file's own backend when None): on another backend the bytes
+        move there with it."""
+        backend_name = backend_name or existing.backend
+        upload = await self.stage(self.backend_named(backend_name), existing.path, body)
         try:
-            return await self._publish_replace(existing, upload, lease)
+            if backend_name == existing.backend:
+                return await self._publish_replace(existing, upload, lease)
+            return await self.relocate(existing, existing.path, None, upload, backend_name,
+                                       lease, now_ns())
         finally:
             await upload.abort()
 
-    def _backend_named(self, name: str):
+    async def relocate(self, source: Inode, dst: str, existing: Inode | None, upload,
+                       backend_name: str, lease, stamp: int,
+                       attributes: Attributes | None = None) -> Inode:
+        """Record a file whose bytes were staged on another backend (`upload`, written on
+        `backend_name` for `dst`) as the entry `source` at `dst` — its own path, or one it
+        moves to, replacing `existing` — under the caller's locks of both paths. The new
+        bytes publish first, stamped `stamp`; the store's transaction then moves the record
+        and takes the old bytes away (the source's, and the replaced file's where they were
+        on a third backend); if it fails, both are put back."""
+        replaced_here = existing is not None and existing.backend == backend_name
+        if replaced_here:
+            # Newer than the replaced version: a crash before the record lets recovery roll
+            # the destination forward (an unstamped backend ignores it).
+            stamp = max(stamp, existing.mtime_ns + 1)
+        removals = [self.backend_for(source).begin_remove(source.path)]
+        if existing is not None and not replaced_here:
+            removals.append(self.backend_for(existing).begin_remove(dst))
+
+        def publish() -> None:
+            for removal in removals:
+                removal.publish()
+
+        content = Content(backend=backend_name, instance_id=self.owner_for(backend_name),
+                          size=upload.size, mtime_ns=stamp, fence=lease.fence)
+        rows = self.ancestor_rows(dst, source.owner, now_ns(), backend_name, group=source.group)
+        with self.store.changing(list(dict.fromkeys([source.path, dst]))):
+            await upload.commit(stamp, lease.check, new=not replaced_here)
+            try:
+                lease.check()
+                moved = await self.store.move(source, dst, rows, existing, publish,
+                                              attributes or None, content)
+            except BaseException:
+                for removal in removals:
+                    await removal.undo()
+                await upload.undo()
+                raise
+        try:
+            for removal in removals:
+                await removal.finish()
+        finally:
+            await upload.finish()
+        return moved
+
+    def backend_named(self, name: str):
         backend = self.backends.get(name)
         if backend is None:
             raise errors.InternalError(f"backend {name} is not configured")
@@ -466,7 +523,7 @@ class Engine:
         await upload.finish()
         return inode
 
-    async def _stage(self, backend, path: str, body):
+    async def stage(self, backend, path: str, body):
         """Stream the body into a staged object and make it durable; no lock is needed (none
         is held by a caller that is not copying). Returns the upload, to `commit` under the
         path's lock, then `finish` or `undo` once recorded (or `abort`)."""

@@ -68,7 +68,8 @@ class Planner:
         if not allowed:
             raise errors.PermissionDenied()
         deepest, blocking = rules.reach_parent(who, dst, found)
-        existing = found.get(dst) if blocking is None else None
+        # (At its own path, a file moving to another backend replaces nothing.)
+        existing = found.get(dst) if blocking is None and dst != src else None
         dst_parent = found.get(split_parent(dst)[0]) if dst != ROOT else None
         if existing is not None and existing.type == FILE and not (
                 rules.may_write(who, existing) if request.copy or not rules.unix
@@ -94,9 +95,6 @@ class Planner:
         if dst.startswith(src + "/"):
             raise errors.BadRequest("cannot move a path into itself")
         self._check_known(request)
-        if relocating:
-            raise errors.BadRequest("moving bytes to another backend or instance is not "
-                                    "available on this node")
         parent, _ = split_parent(dst)
         if blocking is None and parent not in found and not request.create_parents:
             raise errors.BadRequest(f'destination parent "{parent}" does not exist')
@@ -111,6 +109,13 @@ class Planner:
                 raise errors.DirectoryNotEmpty()
             if existing.instance_id not in (None, engine.instance_id):
                 raise errors.AlreadyExists("the destination is held by another instance")
+        if relocating:
+            if source.type == DIRECTORY:
+                raise errors.BadRequest("a directory cannot move to another backend or "
+                                        "instance; move the files in it")
+            if request.instance not in (None, engine.instance_id):
+                raise errors.BadRequest("moving bytes to another instance is not available "
+                                        "on this node")
         if source.instance_id not in (None, engine.instance_id):
             raise errors.InternalError("the source is held by another instance")
         if check is not None:
@@ -141,10 +146,25 @@ def _as_copy(source: Inode, who) -> Inode:
                  mtime_ns=0, ctime_ns=0, backend=source.backend, instance_id=None, version=0)
 
 
+def _target(source: Inode, request: MoveRequest) -> str:
+    """The backend the destination's bytes go to: the one asked for, else the source's."""
+    return request.backend or source.backend
+
+
+def _relocation_keys(src: str, dst: str) -> list[str]:
+    """The locks of a file moving to another backend: both paths, and every directory above
+    the destination, whose bytes (on a local disk) must not move away between the new bytes'
+    publishing and their record."""
+    return list(dict.fromkeys(lock_keys((src, FILE), (dst, FILE))
+                              + [dir_key(path) for path in ancestors(dst) if path != ROOT]))
+
+
 async def move(engine, who, src: str, request: MoveRequest, check=None) -> Inode:
     """Rename or move `src` to `request.destination`; the moved entry."""
     planner = Planner(engine)
     source, existing = await planner.plan(who, src, request, check)
+    if source.type == FILE and _target(source, request) != source.backend:
+        return await _relocate(engine, planner, who, src, request, source, check)
     dst = request.destination
     keys = lock_keys((src, source.type), (dst, source.type))
     if source.type == DIRECTORY:
@@ -156,19 +176,67 @@ async def move(engine, who, src: str, request: MoveRequest, check=None) -> Inode
         source, existing = await planner.plan(who, src, request, check)
         backend = engine.backend_for(source)
         started = time.perf_counter()
-        bytes_move = backend.begin_move(src, dst, source.id, existing is not None)
+        # A replaced file on another backend than the source's: its bytes go in the same
+        # transaction (the move itself replaces only what is on its own backend).
+        elsewhere = (engine.backend_for(existing).begin_remove(dst)
+                     if existing is not None and existing.type == FILE
+                     and existing.backend != source.backend else None)
+        bytes_move = backend.begin_move(src, dst, source.id,
+                                        existing is not None and elsewhere is None)
+
+        def publish() -> None:
+            if elsewhere is not None:
+                elsewhere.publish()
+            bytes_move.publish()
+
         rows = engine.ancestor_rows(dst, source.owner, now_ns(), source.backend,
                                      group=source.group)
         try:
             await bytes_move.prepare()
-            moved = await engine.store.move(source, dst, rows, existing, bytes_move.publish,
+            moved = await engine.store.move(source, dst, rows, existing, publish,
                                             request.attributes or None)
         except BaseException:
+            if elsewhere is not None:
+                await elsewhere.undo()
             await bytes_move.undo()
             raise
+        if elsewhere is not None:
+            await elsewhere.finish()
         await bytes_move.finish()
         engine.observer.backend_operation(source.backend, "move", time.perf_counter() - started)
         return moved
+
+
+async def _relocate(engine, planner: Planner, who, src: str, request: MoveRequest,
+                    source: Inode, check=None) -> Inode:
+    """Move a file, and its bytes to another backend: they are copied there first, with no
+    lock held; then, under the locks, if the file is still that version, the copy publishes
+    and one transaction records it and takes the old bytes away (Engine.relocate). A write
+    that came in between wins: the move answers a conflict, and nothing moved."""
+    dst = request.destination
+    target = _target(source, request)
+    engine.observer.file_operation("move", source.backend)
+    started = time.perf_counter()
+    source, handle = await engine.open_current(who, source, permission=False)
+    try:
+        upload = await engine.stage(engine.backend_named(target), dst,
+                                    engine.backend_for(source).copy_source(handle))
+    finally:
+        handle.close()
+    try:
+        keys = _relocation_keys(src, dst)
+        async with engine.locks.hold(keys, _lock_wait(engine, keys)) as lease:
+            current, existing = await planner.plan(who, src, request, check)
+            if current.id != source.id or current.version != source.version \
+                    or _target(current, request) != target:
+                raise errors.WriteConflict("the file changed while its bytes moved; "
+                                           "try again")
+            moved = await engine.relocate(current, dst, existing, upload, target, lease,
+                                          current.mtime_ns, request.attributes)
+    finally:
+        await upload.abort()
+    engine.observer.backend_operation(target, "move", time.perf_counter() - started)
+    return moved
 
 
 async def copy(engine, who, src: str, request: MoveRequest, check=None) -> bool:
@@ -182,7 +250,8 @@ async def copy(engine, who, src: str, request: MoveRequest, check=None) -> bool:
     if source.type == FILE:
         async with engine.locks.hold([file_key(dst)], engine.lock_timeout) as lease:
             source, existing = await planner.plan(who, src, request, check)
-            copied = await _copy_file(engine, who, source, dst, existing, lease, attributes)
+            copied = await _copy_file(engine, who, source, dst, existing, lease, attributes,
+                                      _target(source, request))
             if existing is not None and attributes:
                 await engine.store.set_attributes(copied, attributes)
             return existing is None
@@ -222,7 +291,10 @@ async def copy(engine, who, src: str, request: MoveRequest, check=None) -> bool:
 
 
 async def _copy_file(engine, who, source: Inode, dst: str, existing: Inode | None,
-                     lease, attributes: Attributes = Attributes()) -> Inode:
+                     lease, attributes: Attributes = Attributes(),
+                     backend_name: str | None = None) -> Inode:
+    """Copy a file's bytes to `dst`, on `backend_name` (the source's when None)."""
+    backend_name = backend_name or source.backend
     found, anchor = await engine.check_create(who, dst, FILE)
     if (found is None) != (existing is None) or (found and found.id != existing.id):
         raise errors.AlreadyExists()  # the destination changed since the plan
@@ -230,17 +302,17 @@ async def _copy_file(engine, who, source: Inode, dst: str, existing: Inode | Non
     try:
         body = engine.backend_for(source).copy_source(handle)
         if existing is not None:
-            return await engine.replace_content(existing, body, lease)
+            return await engine.replace_content(existing, body, lease, backend_name)
         mode = source.mode if attributes.mode is None else attributes.mode
         return await engine.store_new(who, dst, body, lease, anchor, mode, attributes.group,
-                                      attributes.owner)
+                                      attributes.owner, backend_name)
     finally:
         handle.close()
 
 
 async def _copy_directory(engine, who, source: Inode, dst: str,
                           attributes: Attributes = Attributes()) -> Inode:
-    backend_name = engine.default_backend
+    backend_name = source.backend  # (a directory never changes backend: §9.6)
     await engine.backends[backend_name].make_directory(dst)
     stamp = now_ns()
     entry = NewInode(path=dst, type=DIRECTORY, size=0,

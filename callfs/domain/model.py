@@ -47,6 +47,17 @@ class NewInode(msgspec.Struct):
     fence: int = 0  # the fencing number of the lock the writer held (0: none)
 
 
+class Content(msgspec.Struct, frozen=True):
+    """A file's bytes as a move to another backend records them: where they now live and
+    what they are (API.md §9.6 `backend`)."""
+
+    backend: str
+    instance_id: str | None
+    size: int
+    mtime_ns: int
+    fence: int = 0  # the fencing number of the mover's lock
+
+
 class Attributes(msgspec.Struct, frozen=True):
     """What a chmod, chgrp or chown changes (API.md §9.6): None leaves a field as it is."""
 

@@ -8,7 +8,7 @@ import enum
 from typing import Protocol
 
 from callfs.domain import errors
-from callfs.domain.model import Attributes, Inode, NewInode
+from callfs.domain.model import Attributes, Content, Inode, NewInode
 
 
 def _publish_bytes(publish) -> None:
@@ -75,13 +75,17 @@ class MetadataStore(Protocol):
         NotFound when the entry is gone or moved away from `inode.path`."""
 
     async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
-                   replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
+                   replace: Inode | None, publish, attributes: Attributes | None = None,
+                   content: Content | None = None) -> Inode:
         """Give `source` (with its whole subtree, for a directory: one prefix rewrite) the
         path `dest`, in one transaction: `replace` (the entry at `dest`, a file or an empty
         directory) is deleted, missing `ancestors` of `dest` are created, then `publish()`
         moves the bytes before the commit. NotFound when `source` is gone or moved,
         AlreadyExists when `dest` is taken, DirectoryNotEmpty for a `replace` with children.
         `attributes`, when given, change the moved entry in the same transaction.
+        `content`, for a file whose bytes moved to another backend (`dest` may then be its
+        own path), records where they are now: version + 1, only if `source.version` is
+        still the recorded one and no larger fencing number is (WriteConflict otherwise).
         """
 
     async def path_of(self, inode_id: int) -> str | None:

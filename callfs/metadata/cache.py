@@ -150,11 +150,13 @@ class CachedStore:
         directory's entry too, by its own stamp."""
         return await self._announced([inode.path], self.store.set_attributes(inode, attributes))
 
-    async def move(self, source, dest: str, ancestors, replace, publish, attributes=None):
+    async def move(self, source, dest: str, ancestors, replace, publish, attributes=None,
+                   content=None):
         """A file's move invalidates its two paths; a directory's, every entry (the whole
         cache of every process: moves of directories are rare, their subtrees maybe large)."""
         paths = [item.path for item in ancestors] + [source.path, dest]
-        operation = self.store.move(source, dest, ancestors, replace, publish, attributes)
+        operation = self.store.move(source, dest, ancestors, replace, publish, attributes,
+                                    content)
         if source.type != DIRECTORY:
             return await self._announced(paths, operation)
         self.table.begin_all()

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from callfs.domain import errors
-from callfs.domain.model import DIRECTORY, Attributes, Inode, NewInode, now_ns
+from callfs.domain.model import DIRECTORY, Attributes, Content, Inode, NewInode, now_ns
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
 from callfs.metadata.base import USED_LINK_RETENTION_NS, LinkOutcome, link_refusal
@@ -49,6 +49,13 @@ _ANCHOR = "SELECT path FROM inodes WHERE id = $1 FOR KEY SHARE"
 _LOCK_MOVED = f"SELECT {_COLUMNS} FROM inodes WHERE id = $1 FOR UPDATE"
 _MOVE_ROW = (f"UPDATE inodes SET path = $2, parent_id = $3, name = $4 WHERE id = $1"
              f" RETURNING {_COLUMNS}")
+# A file's bytes moved to another backend: where they are now, on the version read under the
+# mover's lock and its fencing number.
+_RELOCATE = (
+    "UPDATE inodes SET backend_type = $2, callfs_instance_id = $3, size = $4, mtime = $5,"
+    " mtime_ns = $6, updated_at = now(), version = version + 1, fence = $7"
+    " WHERE id = $1 AND type = 'file' AND version = $8 AND fence <= $7"
+    f" RETURNING {_COLUMNS}")
 # Lock every descendant first: this waits for writers that are inserting entries below them
 # (their foreign-key checks hold key-share locks), so that the rewrite, a later statement with a
 # later snapshot, sees those entries too; later inserts below the subtree wait for the commit.
@@ -486,30 +493,39 @@ class PostgresStore:
         return _inode(row)
 
     async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
-                   replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
+                   replace: Inode | None, publish, attributes: Attributes | None = None,
+                   content: Content | None = None) -> Inode:
         return await self._write(self._move_tx, source, dest, ancestors, replace, publish,
-                                 attributes)
+                                 attributes, content)
 
     async def _move_tx(self, conn, source: Inode, dest: str, ancestors: list[NewInode],
-                       replace: Inode | None, publish,
-                       attributes: Attributes | None = None) -> Inode:
-        row = await conn.fetchrow(_LOCK_MOVED, source.id)
-        if row is None or row[1] != source.path:
+                       replace: Inode | None, publish, attributes: Attributes | None = None,
+                       content: Content | None = None) -> Inode:
+        moved = await conn.fetchrow(_LOCK_MOVED, source.id)
+        if moved is None or moved[1] != source.path:
             raise errors.NotFound()
-        if replace is not None:
-            await self._delete_tx(conn, replace)
-        parent_id = await self._parents_tx(conn, ancestors)
-        if await conn.fetchrow(_FIND, dest) is not None:
-            raise errors.AlreadyExists()
-        try:
-            moved = await conn.fetchrow(_MOVE_ROW, source.id, dest, parent_id,
-                                        dest.rsplit("/", 1)[1])
-        except asyncpg.UniqueViolationError:
-            raise errors.AlreadyExists() from None
-        if source.type == DIRECTORY:
-            await conn.execute(_LOCK_SUBTREE, source.path + "/", source.path + "0")
-            await conn.execute(_MOVE_SUBTREE, source.path, dest, source.path + "/",
-                               source.path + "0")
+        if dest != source.path:
+            if replace is not None:
+                await self._delete_tx(conn, replace)
+            parent_id = await self._parents_tx(conn, ancestors)
+            if await conn.fetchrow(_FIND, dest) is not None:
+                raise errors.AlreadyExists()
+            try:
+                moved = await conn.fetchrow(_MOVE_ROW, source.id, dest, parent_id,
+                                            dest.rsplit("/", 1)[1])
+            except asyncpg.UniqueViolationError:
+                raise errors.AlreadyExists() from None
+            if source.type == DIRECTORY:
+                await conn.execute(_LOCK_SUBTREE, source.path + "/", source.path + "0")
+                await conn.execute(_MOVE_SUBTREE, source.path, dest, source.path + "/",
+                                   source.path + "0")
+        if content is not None:
+            moved = await conn.fetchrow(_RELOCATE, source.id, content.backend,
+                                        content.instance_id, content.size,
+                                        _stamp(content.mtime_ns), content.mtime_ns,
+                                        content.fence, source.version)
+            if moved is None:
+                raise errors.WriteConflict()
         _publish(publish)
         if attributes:
             return await self._attributes_tx(conn, source.id, dest, attributes)

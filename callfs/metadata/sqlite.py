@@ -14,8 +14,8 @@ from calendar import timegm
 from concurrent.futures import ThreadPoolExecutor
 
 from callfs.domain import errors
-from callfs.domain.model import (DIRECTORY, Attributes, Inode, NewInode, now_ns, parse_rfc3339,
-                                 rfc3339_nanos)
+from callfs.domain.model import (DIRECTORY, Attributes, Content, Inode, NewInode, now_ns,
+                                 parse_rfc3339, rfc3339_nanos)
 from callfs.metadata.base import _publish_bytes as _publish
 from callfs.metadata.base import wait_out
 from callfs.metadata.base import USED_LINK_RETENTION_NS, LinkOutcome, link_refusal
@@ -286,27 +286,42 @@ class SQLiteStore:
         return _inode(row)
 
     async def move(self, source: Inode, dest: str, ancestors: list[NewInode],
-                   replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
+                   replace: Inode | None, publish, attributes: Attributes | None = None,
+                   content: Content | None = None) -> Inode:
         return await self._write(self._move_tx, source, dest, ancestors, replace, publish,
-                                 attributes)
+                                 attributes, content)
 
     def _move_tx(self, conn, source: Inode, dest: str, ancestors: list[NewInode],
-                 replace: Inode | None, publish, attributes: Attributes | None = None) -> Inode:
+                 replace: Inode | None, publish, attributes: Attributes | None = None,
+                 content: Content | None = None) -> Inode:
         row = conn.execute("SELECT path FROM inodes WHERE id = ?", (source.id,)).fetchone()
         if row is None or row[0] != source.path:
             raise errors.NotFound()
-        if replace is not None:
-            self._delete_tx(conn, replace)
-        parent_id = self._parents_tx(conn, ancestors)
-        if conn.execute("SELECT 1 FROM inodes WHERE path = ?", (dest,)).fetchone():
-            raise errors.AlreadyExists()
-        conn.execute("UPDATE inodes SET path = ?, parent_id = ?, name = ? WHERE id = ?",
-                     (dest, parent_id, dest.rsplit("/", 1)[1], source.id))
-        if source.type == DIRECTORY:
-            # Every descendant in one statement: the old prefix replaced by the new one.
-            conn.execute("UPDATE inodes SET path = ? || substr(path, length(?) + 1)"
-                         " WHERE path > ? AND path < ?",
-                         (dest, source.path, source.path + "/", source.path + "0"))
+        if dest != source.path:
+            if replace is not None:
+                self._delete_tx(conn, replace)
+            parent_id = self._parents_tx(conn, ancestors)
+            if conn.execute("SELECT 1 FROM inodes WHERE path = ?", (dest,)).fetchone():
+                raise errors.AlreadyExists()
+            conn.execute("UPDATE inodes SET path = ?, parent_id = ?, name = ? WHERE id = ?",
+                         (dest, parent_id, dest.rsplit("/", 1)[1], source.id))
+            if source.type == DIRECTORY:
+                # Every descendant in one statement: the old prefix replaced by the new one.
+                conn.execute("UPDATE inodes SET path = ? || substr(path, length(?) + 1)"
+                             " WHERE path > ? AND path < ?",
+                             (dest, source.path, source.path + "/", source.path + "0"))
+        if content is not None:
+            # Where the bytes are now, on the version read under the mover's lock.
+            stamp = rfc3339_nanos(content.mtime_ns)
+            cur = conn.execute(
+                "UPDATE inodes SET backend_type = ?, callfs_instance_id = ?, size = ?, mtime = ?,"
+                " updated_at = ?, version = version + 1, fence = ?"
+                " WHERE id = ? AND type = 'file' AND version = ? AND fence <= ?",
+                (content.backend, content.instance_id, content.size, stamp,
+                 rfc3339_nanos(now_ns()), content.fence, source.id, source.version,
+                 content.fence))
+            if cur.rowcount != 1:
+                raise errors.WriteConflict()
         _publish(publish)
         if attributes:
             return self._attributes_tx(conn, source.id, dest, attributes)

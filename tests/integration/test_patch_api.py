@@ -12,19 +12,14 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import SERVICES_UP, launch, random_bytes, shared
+from conftest import SERVICES_UP, launch, random_bytes, s3_sections, shared
 
 
-@pytest.fixture(scope="module")
-def server(backend_server):
-    """This module's checks hold on every backend: they run on localfs and on S3."""
-    return backend_server
-
-
-@pytest.fixture(scope="module", params=["sqlite+local", "postgres+redis"])
+@pytest.fixture(scope="module", params=["sqlite+local", "postgres+redis", "s3"])
 def server(request, tmp_path_factory):
-    """Every test of this page on both metadata stores: a server on SQLite with local locks,
-    and one on PostgreSQL with Redis locks."""
+    """Every test of this page on both metadata stores and on both backends: a server on
+    SQLite with local locks, one on PostgreSQL with Redis locks, and one whose new entries
+    go to S3."""
     if request.param == "postgres+redis" and not SERVICES_UP:
         pytest.skip("PostgreSQL and Redis on loopback are needed (ci/services.sh)")
     sections = {}
@@ -32,7 +27,13 @@ def server(request, tmp_path_factory):
         sections = {"metadata_store": {"type": "postgres",
                                        "dsn": request.getfixturevalue("module_database")},
                     "dlm": {"type": "redis", "redis_addr": "127.0.0.1:6379"}}
+    moto = request.getfixturevalue("moto") if request.param == "s3" else None
+    if moto is not None:
+        sections = s3_sections(moto)
     srv = launch(tmp_path_factory.mktemp("patch"), **sections)
+    srv.backend = "s3" if moto is not None else "localfs"
+    srv.bucket = sections["backend"]["s3_bucket_name"] if moto is not None else None
+    srv.moto = moto
     yield srv
     assert srv.stop() == 0, srv.log()
 
@@ -268,7 +269,7 @@ def test_unknown_backend_and_instance_400(server, ns):
     assert patch(server, f"{ns}/f", {"name": "g", "instance": "mars-1"}) == (400, {
         "code": "BAD_REQUEST", "message": 'unknown instance "mars-1"'})
     # This node's own backend and instance are no relocation.
-    assert patch(server, f"{ns}/f", {"name": "g", "backend": "localfs",
+    assert patch(server, f"{ns}/f", {"name": "g", "backend": server.backend,
                                      "instance": "node-test"})[0] == 200
 
 
