@@ -502,6 +502,9 @@ class S3Backend:
         self.run_id = run_id or f"{time.time_ns():x}"
         self.s3 = S3Client(settings)
         self._leftovers: dict[str, S3Leftover] = {}
+        # This process's multipart uploads whose abort failed (the store was away): its
+        # recovery passes abort them (no other process may: their writer is alive).
+        self._owed: dict[str, tuple[str, str | None]] = {}
 
     def key(self, path: str) -> str:
         return self.prefix + path[1:]
@@ -645,12 +648,19 @@ class S3Backend:
             log.warning("an upload intent remains", extra={"error": str(exc)})
 
     async def abort_upload(self, key: str, upload_id: str, intent: str | None) -> None:
+        """Abort a multipart upload and drop its intent; when the store fails, the upload is
+        owed, and this process's next recovery pass aborts it."""
         try:
-            await self.s3.call("abort_multipart_upload", Bucket=self.bucket, Key=key,
-                               UploadId=upload_id)
-        except errors.NotFound:
-            pass  # gone already
-        await self.drop_intent(intent)
+            try:
+                await self.s3.call("abort_multipart_upload", Bucket=self.bucket, Key=key,
+                                   UploadId=upload_id)
+            except errors.NotFound:
+                pass  # gone already
+            await self.drop_intent(intent)
+        except BaseException:
+            self._owed[upload_id] = (key, intent)
+            raise
+        self._owed.pop(upload_id, None)
 
     async def leftovers(self, min_age: float = 0.0, started_ns: int = 0) -> list[S3Leftover]:
         """Multipart uploads no live writer has: those whose intent names a dead writer of
@@ -676,6 +686,12 @@ class S3Backend:
                 leftovers.append(S3Leftover(key, upload_id, accounted[upload_id]))
             elif upload_id not in accounted and initiated < cutoff:
                 leftovers.append(S3Leftover(key, upload_id, None))
+            elif upload_id in self._owed:
+                leftovers.append(S3Leftover(key, upload_id, self._owed[upload_id][1]))
+        for upload_id, (_, intent) in list(self._owed.items()):
+            if upload_id not in {item.upload_id for item in leftovers}:
+                del self._owed[upload_id]  # gone meanwhile
+                await self.drop_intent(intent)
         for upload_id in dead - {item.upload_id for item in leftovers}:
             await self.drop_intent(accounted[upload_id])  # its upload completed or went
         self._leftovers = {item.tmp: item for item in leftovers}
