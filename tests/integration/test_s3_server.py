@@ -113,9 +113,9 @@ def test_a_directory_moves_with_every_object_below_it(s3_node, moto):
     assert status == 200 and b'"count":4' in body.replace(b" ", b"")
 
 
-def test_large_transfers_stream_both_ways_in_bounded_memory(s3_node, moto):
+@pytest.mark.parametrize("size", [96 * MIB, 1024 * MIB + 7], ids=["96MiB", "1GiB"])
+def test_large_transfers_stream_both_ways_in_bounded_memory(s3_node, moto, size):
     srv = s3_node
-    size = 96 * MIB
     conn = srv.connect(timeout=120)
     with RssWatch(srv) as up:
         conn.request("PUT", url("/big.bin"), body=Stream(size),
@@ -138,10 +138,24 @@ def test_large_transfers_stream_both_ways_in_bounded_memory(s3_node, moto):
             digest.update(piece)
     conn.close()
     assert got == size
-    assert digest.digest() == hashlib.sha256(b"".join(Stream(size))).digest()
-    print(f"\n96 MiB through S3: RSS up +{up.growth_mib:.1f} MiB, down +{down.growth_mib:.1f} MiB")
+    expected = hashlib.sha256()
+    for piece in Stream(size):
+        expected.update(piece)
+    assert digest.digest() == expected.digest()
+    print(f"\n{size // MIB} MiB through S3: RSS up +{up.growth_mib:.1f} MiB, "
+          f"down +{down.growth_mib:.1f} MiB")
     assert up.growth_mib < 50 and down.growth_mib < 20, (up.growth_mib, down.growth_mib)
     assert uploads(moto, srv.bucket) == [] and intents(moto, srv.bucket) == []
+    status, _, body = srv.request("GET", url("/big.bin"), headers={
+        "Range": f"bytes={size - 5}-"})
+    assert (status, body) == (206, expected_tail(size, 5))
+    assert srv.request("DELETE", url("/big.bin"))[0] == 204
+    assert "big.bin" not in keys(moto, srv.bucket)
+
+
+def expected_tail(size: int, count: int) -> bytes:
+    block = pattern(MIB)
+    return bytes(block[(size - count + i) % MIB] for i in range(count))
 
 
 def test_an_upload_the_client_abandons_leaves_no_parts_and_the_old_object(s3_node, moto):
