@@ -146,14 +146,20 @@ class Server:
 
     def stored(self, path: str) -> bytes | None:
         """A file's bytes as stored, or None when no file is stored at `path`."""
-        if self.bucket:
-            try:
-                answer = self.moto.client().get_object(Bucket=self.bucket, Key=path.lstrip("/"))
-            except Exception as exc:
-                if "NoSuchKey" in str(exc) or "404" in str(exc):
-                    return None
-                raise
-            return answer["Body"].read()
+        return self.in_bucket(path) if self.bucket else self.on_disk(path)
+
+    def in_bucket(self, path: str) -> bytes | None:
+        """The object of `path` in the server's bucket, or None."""
+        try:
+            answer = self.moto.client().get_object(Bucket=self.bucket, Key=path.lstrip("/"))
+        except Exception as exc:
+            if "NoSuchKey" in str(exc) or "404" in str(exc):
+                return None
+            raise
+        return answer["Body"].read()
+
+    def on_disk(self, path: str) -> bytes | None:
+        """The file of `path` under the server's local root, or None."""
         try:
             with open(self.disk(path), "rb") as fh:
                 return fh.read()

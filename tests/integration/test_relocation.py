@@ -21,21 +21,11 @@ def url(path: str) -> str:
 
 
 def on_disk(srv, path: str) -> bytes | None:
-    try:
-        with open(srv.disk(path), "rb") as fh:
-            return fh.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
+    return srv.on_disk(path)
 
 
 def in_bucket(srv, path: str) -> bytes | None:
-    try:
-        answer = srv.moto.client().get_object(Bucket=srv.bucket, Key=path.lstrip("/"))
-    except Exception as exc:
-        if "NoSuchKey" in str(exc) or "404" in str(exc):
-            return None
-        raise
-    return answer["Body"].read()
+    return srv.in_bucket(path)
 
 
 def patch(srv, path: str, body: dict, user: str = "alice"):
