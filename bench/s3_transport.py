@@ -26,7 +26,10 @@ on the same machine and often the limit, so a ratio near 1 can mean "moto-bound"
 
 Caveat by design: over plain http botocore SHA-256-signs every part it uploads (its
 default), the own client sends UNSIGNED-PAYLOAD; the line under the table gives this
-machine's SHA-256 rate to size that difference. moto does not check signatures by default.
+machine's SHA-256 rate to size that difference. moto does not check signatures by default
+(the signer's Authorization matches botocore's own client for the same request and clock).
+moto's werkzeug server answers every request with `Connection: close`: neither transport
+reuses connections against it, so each small GET includes a TCP connect on both sides.
 moto keeps objects in memory: about 3 x --size-mib of free memory is needed.
 """
 import argparse
@@ -233,6 +236,7 @@ class Client:
         self.signer = Signer(f"http://{host}:{port}")
         self.idle: list[Connection] = []
         self.opened = 0
+        self.requests = 0
 
     async def _connection(self) -> Connection:
         while self.idle:
@@ -259,6 +263,7 @@ class Client:
                   self.signer.headers(method, target, headers)]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         connection = await self._connection()
+        self.requests += 1
         response = await connection.send(head, body)
         if response.status >= 300:
             text = (await response.read())[:300].decode("utf-8", "replace")
@@ -418,17 +423,20 @@ async def run_upload(transport, backend: S3Backend, key: str, size: int, part: i
     return {"seconds": meter.wall, "cpu": meter.cpu, "moto_cpu": meter.moto}
 
 
-async def run_latency(transport, key: str, expected: bytes) -> dict:
+async def run_latency(transport, key: str, expected: bytes, moto_pid: int) -> dict:
     for _ in range(WARMUP_CALLS):  # connections, threads and caches are in place
         if await transport.small(key) != expected:
             raise SystemExit(f"{transport.name}: the small object's bytes differ")
     samples = []
-    for _ in range(LATENCY_CALLS):
-        started = time.perf_counter_ns()
-        await transport.small(key)
-        samples.append((time.perf_counter_ns() - started) / 1000)
+    with Meter(moto_pid) as meter:
+        for _ in range(LATENCY_CALLS):
+            started = time.perf_counter_ns()
+            await transport.small(key)
+            samples.append((time.perf_counter_ns() - started) / 1000)
     cuts = statistics.quantiles(samples, n=100)
-    return {"p50_us": cuts[49], "p99_us": cuts[98]}
+    return {"p50_us": cuts[49], "p99_us": cuts[98],
+            "cpu_us": meter.cpu / LATENCY_CALLS * 1e6,
+            "moto_cpu_us": meter.moto / LATENCY_CALLS * 1e6}
 
 
 def sha256_rate() -> float:
@@ -471,13 +479,13 @@ async def bench(args, moto: MotoServer, bucket: str) -> dict:
                                      moto.process.pid))
             for transport in order:
                 turns[transport.name]["latency"].append(
-                    await run_latency(transport, "small", small))
-            print(f"turn {turn + 1}/{args.turns} done", file=sys.stderr)
+                    await run_latency(transport, "small", small, moto.process.pid))
+            print(f"turn {turn + 1}/{args.turns} done", file=sys.stderr, flush=True)
     finally:
         client.close()
         await backend.close()
     return {"turns": {name: dict(figures) for name, figures in turns.items()},
-            "own_connections_opened": client.opened}
+            "own_connections_opened": client.opened, "own_requests": client.requests}
 
 
 def summarise(turns: dict, size: int) -> dict:
@@ -490,13 +498,13 @@ def summarise(turns: dict, size: int) -> dict:
             row[f"{workload}_mb_s"] = size / statistics.median(r["seconds"] for r in runs) / 1e6
             row[f"{workload}_cpu_s"] = statistics.median(r["cpu"] for r in runs)
             row[f"{workload}_moto_cpu_s"] = statistics.median(r["moto_cpu"] for r in runs)
-        for figure in ("p50_us", "p99_us"):
+        for figure in ("p50_us", "p99_us", "cpu_us", "moto_cpu_us"):
             row[figure] = statistics.median(r[figure] for r in figures["latency"])
         summary[name] = row
     return summary
 
 
-def print_table(summary: dict, args, connections: int) -> None:
+def print_table(summary: dict, args, connections: int, requests: int) -> None:
     ex, own = summary["executor"], summary["own client"]
     rows = [
         (f"download {args.size_mib} MiB (MB/s)", "download_mb_s", ".0f"),
@@ -507,6 +515,8 @@ def print_table(summary: dict, args, connections: int) -> None:
         ("download: moto CPU s / run", "download_moto_cpu_s", ".2f"),
         ("upload: client CPU s / run", "upload_cpu_s", ".2f"),
         ("upload: moto CPU s / run", "upload_moto_cpu_s", ".2f"),
+        ("GET: client CPU µs / call", "cpu_us", ".0f"),
+        ("GET: moto CPU µs / call", "moto_cpu_us", ".0f"),
     ]
     print("| workload | executor | own client | own / executor |")
     print("|---|---:|---:|---:|")
@@ -515,9 +525,11 @@ def print_table(summary: dict, args, connections: int) -> None:
         print(f"| {label} | {ex[field]:{style}} | {own[field]:{style}} | {ratio:.2f} |")
     print(f"\n{args.turns} turns, medians; {args.part_mib} MiB parts, {PARTS_IN_FLIGHT} in "
           f"flight; {LATENCY_CALLS} sequential GETs per turn; MB = 10^6 bytes; uvloop.")
-    print(f"own client opened {connections} connections in all (keep-alive); botocore "
-          f"SHA-256-signs upload payloads over http, this machine hashes "
-          f"{sha256_rate():.0f} MB/s; the own client sends UNSIGNED-PAYLOAD.")
+    print(f"own client: {connections} connections opened for {requests} requests "
+          f"(moto's werkzeug answers `Connection: close`, so with moto neither transport "
+          f"reuses a connection).")
+    print(f"botocore SHA-256-signs upload payloads over http (this machine hashes "
+          f"{sha256_rate():.0f} MB/s); the own client sends UNSIGNED-PAYLOAD.")
 
 
 def main() -> None:
@@ -539,7 +551,7 @@ def main() -> None:
     finally:
         moto.stop()
     summary = summarise(result["turns"], args.size_mib * MiB)
-    print_table(summary, args, result["own_connections_opened"])
+    print_table(summary, args, result["own_connections_opened"], result["own_requests"])
     print(f"measured in {elapsed:.0f} s")
     if args.json:
         with open(args.json, "w") as out:
