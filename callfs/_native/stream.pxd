@@ -11,3 +11,12 @@ cdef class SpliceSink:
     cdef void _close(self) noexcept
     cdef int _flush(self, int fd, size_t pending) except -1
     cpdef long long step(self, int sock, int fd, long long remaining) except -2
+
+cdef class SpliceRelay:
+    cdef int pipe_r, pipe_w
+    cdef readonly long long moved
+    cdef readonly long long pending
+    cdef size_t capacity
+    cdef void _close(self) noexcept
+    cdef long long _deliver(self, int dst) except -2
+    cpdef long long step(self, int src, int dst, long long remaining) except -2

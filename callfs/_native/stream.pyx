@@ -151,3 +151,98 @@ cdef class SpliceSink:
                 return total if total > 0 else -1
             _raise_errno()
         return total
+
+
+cdef class SpliceRelay:
+    """Moves bytes from one non-blocking socket to another through a private pipe (a proxied
+    answer's body: the peer's socket to the client's), never through user space. The pipe may
+    hold bytes between steps, when the destination could not take them: `pending` says how
+    many, and they go first at the next step."""
+
+    def __cinit__(self):
+        self.pipe_r = -1
+        self.pipe_w = -1
+
+    def __init__(self):
+        cdef int fds[2]
+        if pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0:
+            _raise_errno()
+        self.pipe_r, self.pipe_w = fds[0], fds[1]
+        fcntl(self.pipe_w, F_SETPIPE_SZ, <int>PIPE_SIZE)
+        cdef int size = fcntl(self.pipe_w, F_GETPIPE_SZ)
+        self.capacity = size if size > 0 else 65536
+        self.pending = 0
+        self.moved = 0
+
+    def __dealloc__(self):
+        self._close()
+
+    cdef void _close(self) noexcept:
+        if self.pipe_r >= 0:
+            close(self.pipe_r)
+            self.pipe_r = -1
+        if self.pipe_w >= 0:
+            close(self.pipe_w)
+            self.pipe_w = -1
+
+    def close(self):
+        self._close()
+
+    cdef long long _deliver(self, int dst) except -2:
+        """Pipe → `dst` until the pipe is empty or `dst` is full; the bytes delivered."""
+        cdef ssize_t n
+        cdef long long total = 0
+        while self.pending > 0:
+            with nogil:
+                n = splice(self.pipe_r, NULL, dst, NULL, <size_t>self.pending,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n > 0:
+                self.pending -= n
+                total += n
+                continue
+            if n < 0 and errno == EINTR:
+                continue
+            if n < 0 and errno == EAGAIN:
+                break
+            _raise_errno()
+        self.moved += total
+        return total
+
+    cpdef long long step(self, int src, int dst, long long remaining) except -2:
+        """Move up to `remaining` bytes (counting those the pipe holds) from `src` to `dst`.
+
+        Returns the bytes delivered to `dst` (> 0); else -1 when `src` has nothing now, -3
+        when `dst` can take nothing now, 0 when `src` closed with nothing left to deliver.
+        Errors raise OSError."""
+        if self.pipe_r < 0:
+            raise ValueError("the relay is closed")
+        cdef long long total = 0
+        cdef long long got
+        cdef ssize_t n
+        cdef bint src_dry = False
+        while total < STEP_LIMIT:
+            if self.pending > 0:
+                got = self._deliver(dst)
+                total += got
+                if self.pending > 0:
+                    return total if total > 0 else -3
+            if remaining - total <= 0 or src_dry:
+                break
+            with nogil:
+                n = splice(src, NULL, self.pipe_w, NULL,
+                           <size_t>min(remaining - total, <long long>self.capacity),
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            if n > 0:
+                self.pending = n
+                continue
+            if n == 0:
+                return total
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                src_dry = True
+                continue
+            _raise_errno()
+        if total > 0:
+            return total
+        return -1 if src_dry else 0

@@ -22,6 +22,7 @@ class Capability(enum.Flag):
     RANGED_READ = enum.auto()  # part of an object can be read without the rest
     STAMPED = enum.auto()      # bytes carry the mtime their record states (read_version)
     SERVER_COPY = enum.auto()  # a copy within the backend never moves its bytes through us
+    SOCKET_BODY = enum.auto()  # a read may hand over the socket its bytes arrive on (splice)
 
 
 class Body(Protocol):
@@ -92,6 +93,19 @@ class Move(Protocol):
     async def undo(self) -> None: ...
 
 
+class SocketBody(Protocol):
+    """An object's bytes still in the socket they arrive on: `buffered` first, then
+    `remaining` bytes to read from the non-blocking descriptor `fd` (and no more), then
+    `done(whole)`."""
+
+    fd: int
+    buffered: bytes
+    remaining: int
+    timeout: float  # the longest wait for the store's next bytes
+
+    def done(self, whole: bool) -> None: ...
+
+
 class ReadHandle(Protocol):
     """An open object: its size, its stamp (None where bytes carry none), and a descriptor
     the HTTP layer can sendfile from, or -1 where the bytes are not behind one (a backend
@@ -104,6 +118,10 @@ class ReadHandle(Protocol):
     def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
         """`length` bytes from `offset`, in pieces as the store gives them; OSError (or a
         CallFSError) when the store fails or gives fewer bytes than the object has."""
+
+    def socket_body(self, offset: int, length: int) -> SocketBody | None:
+        """Those bytes as a socket to move them from (splice, socket to socket), where a
+        backend with Capability.SOCKET_BODY has them so; None otherwise (then `chunks`)."""
 
     def close(self) -> None: ...
 

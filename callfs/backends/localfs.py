@@ -61,6 +61,9 @@ class ReadHandle:
         self.size = size
         self.mtime_ns = mtime_ns
 
+    def socket_body(self, offset: int, length: int) -> None:
+        return None  # a file is sent from its descriptor (sendfile)
+
     async def chunks(self, offset: int, length: int, piece: int = CHUNK):
         """`length` bytes from `offset`, read `piece` at a time (page-cache reads are short);
         OSError when the file ends before them."""

@@ -1,13 +1,12 @@
 """S3 backend: a file's bytes are the object `<s3_prefix><path without its leading />` of one
 bucket, a directory an empty object whose key ends in `/` (API.md Appendix A).
 
-botocore signs, serialises and parses every call; its blocking calls run on a bounded pool of
-threads of this backend's own, with botocore's connection pool sized to it, so no S3 call ever
-waits on the event loop and no more calls are in flight than there are connections.
+botocore serialises, signs and parses every call; CallFS's own HTTP client sends it, on the
+event loop (s3wire.py), so no S3 call blocks the loop and none needs a thread.
 
-- **Reads** stream: a handle knows the object's size and ETag (one HEAD); its bytes come by
-  one ranged GET per request, conditional on that ETag (a newer version is never mixed into
-  an answer), read a piece at a time as the client takes them.
+- **Reads** stream: a GET opens the object (its answer's headers give the size and ETag) and
+  its body is read as the client takes it; another range, or a second read, is a ranged GET
+  conditional on that ETag (a newer version is never mixed into an answer).
 - **Writes** stage with no lock held: a body of up to one part waits in memory and goes as one
   PUT when it publishes; a larger one becomes a multipart upload whose parts are sent while
   the body still arrives, a bounded number at once. Publishing (under the path's lock) is the
@@ -18,9 +17,9 @@ waits on the event loop and no more calls are in flight than there are connectio
 - **Moves** copy each object to its new key before the metadata commits, and delete the old
   keys after it: a failure leaves the old names, a crash at worst a copy the metadata does not
   know (metadata is the truth: listings and stat never list the bucket).
-- **Errors**: throttling (503 SlowDown) and transient failures are retried by botocore's
-  standard mode (exponential backoff with jitter); what remains becomes the API's own error.
-  No S3 response text reaches a client; the log has it.
+- **Errors**: throttling (503 SlowDown) and transient failures are retried with exponential
+  backoff and full jitter; what remains becomes the API's own error. No S3 response text
+  reaches a client; the log has it.
 
 Multipart uploads left behind by a process that died are found by recovery: each one has an
 intent object under `<s3_prefix>.callfs-uploads/<instance>/<run>.<pid>/`; a writer of an
@@ -28,8 +27,6 @@ earlier run of the instance, or of this run but no longer running, is dead, and 
 are aborted.
 """
 import asyncio
-import concurrent.futures
-import functools
 import logging
 import os
 import secrets
@@ -37,11 +34,12 @@ import time
 from dataclasses import dataclass
 
 from callfs.backends.base import Capability
+from callfs.backends.s3wire import S3Client
 from callfs.domain import errors
 
 log = logging.getLogger("callfs.s3")
 
-READ_PIECE = 4 * 1024 * 1024  # bytes per read of an object's body
+READ_PIECE = 4 * 1024 * 1024  # bytes at most per piece of an object's body handed on
 PARTS_IN_FLIGHT = 3  # parts of one upload sent at once
 MIN_PART = 5 * 1024 ** 2  # S3's smallest part (all but the last)
 MAX_PART = 5 * 1024 ** 3
@@ -50,9 +48,6 @@ COPY_PART = 1024 ** 3  # bytes per UploadPartCopy beyond that
 INTENTS = ".callfs-uploads/"
 STALE_UPLOAD = 24 * 3600.0  # a multipart upload without an intent is abandoned after this
 _DELETE_BATCH = 1000  # keys per DeleteObjects
-_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
-_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "503", "InternalError", "500", "RequestTimeout",
-                "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
 
 
 @dataclass(frozen=True)
@@ -69,10 +64,9 @@ class S3Settings:
     kms_key_id: str = ""
     acl: str = "private"
     part_size: int = 16 * 1024 ** 2
-    connections: int = 16  # threads, and botocore's connection pool
     connect_timeout: float = 3.0
     read_timeout: float = 30.0
-    attempts: int = 4  # botocore's standard retry mode: the first try and three more
+    attempts: int = 4  # tries of a call that fails transiently: the first and three more
 
     @classmethod
     def from_config(cls, backend) -> "S3Settings":
@@ -93,92 +87,6 @@ class S3Settings:
         if self.acl:
             extra["ACL"] = self.acl
         return extra
-
-
-def translate(exc: Exception, what: str) -> Exception:
-    """The API's error for a failed S3 call (`what` names it for the log)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in _MISSING or status == 404:
-            return errors.NotFound()
-        if code == "PreconditionFailed" or status == 412:
-            return errors.WriteConflict(f"{what}: the object changed meanwhile")
-        text = f"{what}: S3 answered {status} {code}: {error.get('Message', '')}".strip()
-        if code in _UNAVAILABLE or (status or 0) >= 500:
-            return errors.ServiceUnavailable(text)
-        return errors.InternalError(text)
-    if isinstance(exc, BotoCoreError):
-        return errors.ServiceUnavailable(f"{what}: the S3 store is unreachable: {exc}")
-    return exc
-
-
-class S3Client:
-    """botocore's client and the threads its blocking calls run on; made at the first call of
-    each process (a client never crosses a fork)."""
-
-    def __init__(self, settings: S3Settings):
-        self.settings = settings
-        self._client = None
-        self._pool = None
-        self._pid = -1
-
-    def _make(self):
-        import botocore.session
-        from botocore.config import Config
-        s = self.settings
-        options = dict(
-            region_name=s.region, signature_version="s3v4",
-            max_pool_connections=s.connections, connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
-            retries={"mode": "standard", "max_attempts": s.attempts},
-            s3={"addressing_style": "path" if s.endpoint else "auto"})
-        if s.endpoint:
-            # S3-compatible stores differ in the checksums they accept: only the required ones.
-            options.update(request_checksum_calculation="when_required",
-                           response_checksum_validation="when_required")
-        session = botocore.session.get_session()
-        arguments = {"config": Config(**options)}
-        if s.endpoint:
-            arguments["endpoint_url"] = s.endpoint
-        if s.access_key or s.secret_key:
-            arguments.update(aws_access_key_id=s.access_key, aws_secret_access_key=s.secret_key)
-        client = session.create_client("s3", **arguments)
-        pool = concurrent.futures.ThreadPoolExecutor(s.connections, thread_name_prefix="s3")
-        return client, pool
-
-    def _ready(self):
-        if self._pid != os.getpid():
-            self._client, self._pool = self._make()
-            self._pid = os.getpid()
-        return self._client, self._pool
-
-    async def call(self, operation: str, **arguments):
-        """One S3 operation, off the event loop; its failure as the API's error."""
-        client, pool = self._ready()
-        method = getattr(client, operation)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, functools.partial(method, **arguments))
-        except Exception as exc:
-            raise translate(exc, f"S3 {operation} {arguments.get('Key', '')}") from exc
-
-    async def run(self, function, *arguments):
-        """A blocking call on an S3 response (reading its body) on the same threads."""
-        _, pool = self._ready()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, function, *arguments)
-        except Exception as exc:
-            raise translate(exc, "S3 read") from exc
-
-    def close(self) -> None:
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._client.close()
-        self._client = self._pool = None
-        self._pid = -1
 
 
 class S3ReadHandle:
@@ -209,26 +117,25 @@ class S3ReadHandle:
                                    Range=f"bytes={offset}-{offset + length - 1}",
                                    IfMatch=self.etag)
             body = answer["Body"]
-        # One piece read ahead: S3 sends the next while the client takes this one.
+        # What has come, as it comes: the connection reads ahead up to its buffer's bound
+        # while the client takes this, and waits for the client beyond it.
         left = length
-        ahead = asyncio.ensure_future(s3.run(body.read, min(piece, left)))
         try:
             while left > 0:
-                data = await ahead
+                data = await body.read_some(min(piece, left))
                 if not data:
                     raise OSError(f"S3 ended {self.key} {left} bytes early")
                 left -= len(data)
-                ahead = (asyncio.ensure_future(s3.run(body.read, min(piece, left)))
-                         if left > 0 else None)
                 yield data
         finally:
-            if ahead is not None:
-                try:
-                    # Its thread must be done with the body before the body closes.
-                    await asyncio.shield(ahead)
-                except BaseException:
-                    pass
             body.close()
+
+    def socket_body(self, offset: int, length: int):
+        """The whole object, from the opening GET's socket (a plain-HTTP store): the HTTP
+        layer splices it to the client. None for a range, over TLS, or once read."""
+        if self._body is None or offset != 0 or length != self.size or length == 0:
+            return None
+        return self._body.detach()
 
     def close(self) -> None:
         body, self._body = self._body, None
@@ -501,6 +408,9 @@ class S3Backend:
         self.instance_id = instance_id or "callfs"
         self.run_id = run_id or f"{time.time_ns():x}"
         self.s3 = S3Client(settings)
+        if not self.s3.tls:
+            # A store over plain HTTP: a download's socket can be spliced to the client's.
+            self.capabilities = self.capabilities | Capability.SOCKET_BODY
         self._leftovers: dict[str, S3Leftover] = {}
         # This process's multipart uploads whose abort failed (the store was away): its
         # recovery passes abort them (no other process may: their writer is alive).

@@ -23,13 +23,14 @@ its Content-Length says; 1xx answers before the final one are skipped.
 """
 import asyncio
 import collections
+import os
 import ssl as ssl_module
 from collections.abc import AsyncIterable
 
 import httptools
 
-BUFFER_HIGH = 1024 * 1024  # response bytes held for the caller before the socket waits
-BUFFER_LOW = 256 * 1024
+BUFFER_HIGH = 4 * 1024 * 1024  # response bytes held for the caller before the socket waits
+BUFFER_LOW = 1024 * 1024
 IDLE_PER_PEER = 32  # idle keep-alive connections kept for each peer
 
 
@@ -78,6 +79,18 @@ class Response:
         finally:
             self.close()
 
+    async def read_some(self, limit: int) -> bytes:
+        """What of the body has come, up to `limit` bytes, waiting only when nothing has;
+        b"" at its end (the response is then closed)."""
+        try:
+            data = await self._conn.take(limit)
+        except BaseException:
+            self.close()
+            raise
+        if not data:
+            self.close()
+        return data
+
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; PeerError when it is longer than `limit` bytes."""
         parts = []
@@ -90,10 +103,44 @@ class Response:
             parts.append(piece)
         return b"".join(parts)
 
+    def detach(self) -> "SocketBody | None":
+        """The rest of the body, to be moved from the socket by the caller itself (splice),
+        or None where it cannot be (TLS, no Content-Length, a body already whole)."""
+        if self._closed:
+            return None
+        return self._conn.detach(self)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._conn.finish_response()
+
+
+class SocketBody:
+    """A response body left in its socket: `buffered` (what had come already) goes first,
+    then `remaining` bytes are read from the non-blocking descriptor `fd` by the caller, which
+    must not read beyond them; `done(True)` once it has (the connection may serve again), or
+    `done(False)` when it did not get them all (the connection closes). `fd` is a duplicate
+    the caller may also watch for readiness; `done` closes it."""
+
+    __slots__ = ("fd", "buffered", "remaining", "timeout", "_response", "_conn")
+
+    def __init__(self, response: Response, conn: "_Connection", fd: int, buffered: bytes,
+                 remaining: int):
+        self._response = response
+        self._conn = conn
+        self.fd = fd
+        self.buffered = buffered
+        self.remaining = remaining
+        self.timeout = conn.read_timeout  # the longest wait for the peer's next bytes
+
+    def done(self, whole: bool) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if whole:
+            self._conn.reattach()
+        self._response.close()
 
 
 class _Connection(asyncio.Protocol):
@@ -126,6 +173,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._started = False  # a byte of the answer came
         self._reading_paused = False
+        self._received = 0  # body bytes parsed
+        self._detached = False  # the caller reads the rest of the body from the socket
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -193,6 +242,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._pieces.append(body)
         self._buffered += len(body)
+        self._received += len(body)
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -269,6 +319,28 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return piece
 
+    async def take(self, limit: int) -> bytes:
+        """Every piece buffered, joined, up to `limit` bytes (one piece may be split)."""
+        first = await self.next_piece()
+        if not first or len(first) >= limit or not self._pieces:
+            if len(first) > limit:
+                self._pieces.appendleft(first[limit:])
+                self._buffered += len(first) - limit
+                first = first[:limit]
+            return first
+        parts = [first]
+        size = len(first)
+        pieces = self._pieces
+        while pieces and size + len(pieces[0]) <= limit:
+            piece = pieces.popleft()
+            size += len(piece)
+            parts.append(piece)
+        self._buffered -= size - len(first)
+        if self._reading_paused and self._buffered <= BUFFER_LOW:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return b"".join(parts)
+
     async def _timed(self, future):
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.read_timeout)
@@ -278,6 +350,40 @@ class _Connection(asyncio.Protocol):
             error.partial = self._head.done()
             self._fail(error)
             raise error from None
+
+    def detach(self, response: Response) -> SocketBody | None:
+        if (self.peer[2] or self._head_only or self._complete or self.closed
+                or self._lost is not None or self._detached):
+            return None
+        length = None
+        for name, value in self._headers:
+            if name == "transfer-encoding":
+                return None
+            if name == "content-length":
+                length = int(value)
+        sock = self.transport.get_extra_info("socket")
+        if length is None or sock is None:
+            return None
+        self.transport.pause_reading()  # the socket is the caller's until the body ends
+        self._reading_paused = True
+        self._detached = True
+        buffered = b"".join(self._pieces)
+        self._pieces.clear()
+        self._buffered = 0
+        # A descriptor of the caller's own: if the connection closes meanwhile, its number is
+        # not freed for another socket while the caller still reads from it.
+        return SocketBody(response, self, os.dup(sock.fileno()), buffered,
+                          length - self._received)
+
+    def reattach(self) -> None:
+        """The caller read the body to its end: the answer is whole, and the connection may
+        take the next request."""
+        if self.closed:
+            return
+        self._complete = True
+        self._keep_alive = self._parser.should_keep_alive()
+        self._reading_paused = False
+        self.transport.resume_reading()
 
     def finish_response(self) -> None:
         """The caller is done with the response: back to the pool when it was read whole and

@@ -506,10 +506,9 @@ class HttpProtocol(HeadState, BodySender, asyncio.Protocol):
                 self.transport.write(b"".join(parts))
             elif response.file is not None:
                 self.transport.write(b"".join(parts))
-                zero_copy = await self._send_handle(response.file, response.offset, length,
-                                                    request.request_id)
-                self._account(request, status, length,
-                              b"sendfile" if zero_copy and self._sock_fd >= 0 else b"copy")
+                transfer = await self._send_handle(response.file, response.offset, length,
+                                                   request.request_id)
+                self._account(request, status, length, transfer)
             elif response.stream is not None:
                 self.transport.write(b"".join(parts))
                 sent = await self._send_stream(response.stream, chunked)

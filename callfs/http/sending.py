@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 
-from callfs._native.stream import send_file
+from callfs._native.stream import SpliceRelay, send_file
 from callfs.domain.errors import ClientGone
 
 log = logging.getLogger("callfs.http")
@@ -38,15 +38,20 @@ class BodySender:
             self.transport.write(b"0\r\n\r\n")
         return sent
 
-    async def _send_handle(self, handle, offset: int, count: int, request_id: str) -> bool:
-        """`count` bytes of an open file from `offset`: by sendfile where the handle has a
-        descriptor (True), else as its backend streams them, one piece at a time under the
-        transport's flow control. A store that fails or falls short mid-body cuts the
-        connection (the client sees a short body, never a complete-looking wrong one), and
-        the log says why."""
+    async def _send_handle(self, handle, offset: int, count: int, request_id: str) -> bytes:
+        """`count` bytes of an open file from `offset`, and how they went: by sendfile where
+        the handle has a descriptor (b"sendfile"; b"copy" over TLS), by splice from the socket
+        they arrive on where the backend hands that over (b"splice"), else as its backend
+        streams them, one piece at a time under the transport's flow control (b"copy"). A
+        store that fails or falls short mid-body cuts the connection (the client sees a short
+        body, never a complete-looking wrong one), and the log says why."""
         if handle.fd >= 0:
             await self._send_file(handle.fd, offset, count)
-            return True
+            return b"sendfile" if self._sock_fd >= 0 else b"copy"
+        source = handle.socket_body(offset, count) if self._sock_fd >= 0 else None
+        if source is not None:
+            await self._relay(source, count, request_id)
+            return b"splice"
         sent = 0
         try:
             async for chunk in handle.chunks(offset, count):
@@ -65,7 +70,66 @@ class BodySender:
             log.error("download cut: the store failed mid-body",
                       extra={"request_id": request_id, "error": str(exc), "sent": sent})
             raise ClientGone() from None
-        return False
+        return b"copy"
+
+    async def _relay(self, source, count: int, request_id: str) -> None:
+        """The body from the store's socket to the client's, socket to socket through a pipe
+        (splice), never through Python: what had come already first, then the rest as either
+        side is ready. The store waits at most its read timeout for each piece."""
+        whole = False
+        sent = len(source.buffered)
+        relay = SpliceRelay()
+        try:
+            if sent > count or source.remaining != count - sent:
+                raise OSError(f"the store's answer holds {sent + source.remaining} bytes, "
+                              f"not {count}")
+            if source.buffered:
+                self.transport.write(source.buffered)
+            left = source.remaining
+            while left > 0:
+                if self.closed:
+                    raise ClientGone()
+                if self.transport.get_write_buffer_size():
+                    await self._wait_writable()  # what the transport holds goes first
+                    continue
+                try:
+                    step = relay.step(source.fd, self._sock_fd, left)
+                except (BrokenPipeError, ConnectionResetError):
+                    raise ClientGone() from None  # (the store's side fails as OSError)
+                if step > 0:
+                    left -= step
+                    sent += step
+                    self._stall_since = 0.0
+                elif step == -3:
+                    await self._wait_writable()
+                elif step == -1:
+                    await self._wait_store(source.fd, source.timeout)
+                else:
+                    raise OSError(f"the store ended the body after {sent} of {count} bytes")
+            whole = True
+        except (ClientGone, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.error("download cut: the store failed mid-body",
+                      extra={"request_id": request_id, "error": str(exc), "sent": sent})
+            raise ClientGone() from None
+        finally:
+            relay.close()
+            source.done(whole)
+
+    async def _wait_store(self, fd: int, timeout: float) -> None:
+        """The store's socket `fd` (a descriptor of the caller's own) has bytes, or the
+        client is gone (connection_lost fails the waiter), or TimeoutError after `timeout`."""
+        waiter = self.loop.create_future()
+        self._read_waiter = waiter
+        self.loop.add_reader(fd, _set_once, waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise OSError(f"the store sent nothing for {timeout:g} s") from None
+        finally:
+            self._read_waiter = None
+            self.loop.remove_reader(fd)
 
     async def _send_file(self, fd: int, offset: int, count: int) -> None:
         if self._sock_fd < 0:

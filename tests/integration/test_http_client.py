@@ -292,3 +292,64 @@ def test_header_values_cannot_smuggle_lines():
                                  headers=[("X-A", "1\r\nX-Injected: yes")])
 
     run(scenario())
+
+
+def test_a_body_left_in_its_socket_is_read_there_and_the_connection_serves_again(node):
+    import select
+    data = os.urandom(5 * MIB + 3)
+
+    async def scenario():
+        client = HttpClient()
+        response = await client.request("PUT", "127.0.0.1", node.port, "/v1/files/sock/f",
+                                        headers=AUTH, body=data)
+        await response.read()
+        response = await client.request("GET", "127.0.0.1", node.port, "/v1/files/sock/f",
+                                        headers=AUTH)
+        body = response.detach()
+        assert body is not None and len(body.buffered) + body.remaining == len(data)
+        got = bytearray(body.buffered)
+        while len(got) < len(data):
+            select.select([body.fd], [], [], 5)
+            try:
+                got += os.read(body.fd, min(1 << 20, len(data) - len(got)))
+            except BlockingIOError:
+                continue
+        body.done(True)
+        assert bytes(got) == data
+        response = await client.request("GET", "127.0.0.1", node.port, "/v1/files/sock/f",
+                                        headers=AUTH + [("Range", "bytes=0-3")])
+        assert await response.read() == data[:4]
+        assert client.opened == 1  # the same connection, after the body read from its socket
+        # A body not read whole closes its connection.
+        response = await client.request("GET", "127.0.0.1", node.port, "/v1/files/sock/f",
+                                        headers=AUTH)
+        body = response.detach()
+        body.done(False)
+        response = await client.request("HEAD", "127.0.0.1", node.port, "/v1/files/sock/f",
+                                        headers=AUTH)
+        assert response.detach() is None  # a HEAD's answer has no body to hand over
+        await response.read()
+        assert client.opened == 2
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_chunked_body_is_not_handed_over():
+    def answer(conn, head):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\n\r\n")
+
+    peer = Peer(answer)
+
+    async def scenario():
+        client = HttpClient()
+        response = await client.request("GET", "127.0.0.1", peer.port, "/")
+        assert response.detach() is None
+        assert await response.read() == b"hello"
+        await client.close()
+
+    try:
+        run(scenario())
+    finally:
+        peer.stop()

@@ -146,6 +146,10 @@ def test_large_transfers_stream_both_ways_in_bounded_memory(s3_node, moto, size)
           f"down +{down.growth_mib:.1f} MiB")
     assert up.growth_mib < 50 and down.growth_mib < 20, (up.growth_mib, down.growth_mib)
     assert uploads(moto, srv.bucket) == [] and intents(moto, srv.bucket) == []
+    # From the store's socket to the client's by splice (the store is plain HTTP).
+    downloads = [line for line in srv.log().splitlines()
+                 if '"method":"GET"' in line and "/big.bin" in line and '"status":200' in line]
+    assert downloads and '"transfer":"splice"' in downloads[-1], downloads
     status, _, body = srv.request("GET", url("/big.bin"), headers={
         "Range": f"bytes={size - 5}-"})
     assert (status, body) == (206, expected_tail(size, 5))

@@ -80,3 +80,62 @@ class SpliceSink:
             remaining -= len(data)
             self.moved += len(data)
         return total
+
+
+class SpliceRelay:
+    """Moves bytes from one non-blocking socket to another; what the destination could not
+    take waits in `pending` (the native relay's pipe) and goes first at the next step.
+
+    step(src, dst, remaining) -> bytes delivered to `dst` (> 0); -1 when `src` has nothing
+    now (and nothing was delivered); -3 when `dst` can take nothing now; 0 when `src` closed
+    with nothing left to deliver. `remaining` counts the bytes still to deliver, pending ones
+    included, so the relay never takes more than that from `src`."""
+
+    def __init__(self, capacity=PIPE_SIZE):
+        self.capacity = capacity
+        self.moved = 0
+        self._buffer = b""
+        self.closed = False
+
+    @property
+    def pending(self):
+        return len(self._buffer)
+
+    def close(self):
+        self.closed = True
+
+    def _deliver(self, dst):
+        total = 0
+        while self._buffer:
+            try:
+                sent = os.write(dst, self._buffer)
+            except BlockingIOError:
+                break
+            self._buffer = self._buffer[sent:]
+            total += sent
+        self.moved += total
+        return total
+
+    def step(self, src, dst, remaining):
+        if self.closed:
+            raise ValueError("the relay is closed")
+        total = 0
+        dry = False
+        while total < STEP_LIMIT:
+            if self._buffer:
+                total += self._deliver(dst)
+                if self._buffer:
+                    return total if total > 0 else -3
+            if remaining - total <= 0 or dry:
+                break
+            try:
+                data = os.read(src, min(remaining - total, self.capacity))
+            except BlockingIOError:
+                dry = True
+                continue
+            if not data:
+                return total
+            self._buffer = data
+        if total > 0:
+            return total
+        return -1 if dry else 0

@@ -567,3 +567,122 @@ def test_sink_refuses_a_file_it_cannot_write_before_it_reads(tmp_path, kind):
             assert target.read_bytes() == b"head:"
             assert sink.step(pair.near.fileno(), out.fileno(), 100) == 4
             assert contents(out.fileno()) == b"tail"
+
+
+# --- SpliceRelay: socket to socket ------------------------------------------------------------
+
+def run_relay(module, kind, data, limits, read_pace, rnd):
+    """A peer thread sends `data` into the source pair and closes it; another takes from the
+    destination pair at `read_pace` bytes per read; the relay moves what it can with limits
+    drawn from `limits`, waiting for readiness as the protocol does. Returns what arrived."""
+    relay = module.SpliceRelay()
+    received = bytearray()
+    with Pair(kind) as source, Pair(kind) as target:
+        source.far.setblocking(True)
+        target.far.setblocking(True)
+        target.far.settimeout(WAIT)
+
+        def send():
+            source.far.sendall(data)
+            source.far.shutdown(socket.SHUT_WR)
+
+        def receive():
+            while True:
+                piece = target.far.recv(read_pace)
+                if not piece:
+                    return
+                received.extend(piece)
+
+        threads = [threading.Thread(target=send, daemon=True),
+                   threading.Thread(target=receive, daemon=True)]
+        for thread in threads:
+            thread.start()
+        delivered = 0
+        deadline = time.monotonic() + 4 * WAIT
+        while True:
+            assert time.monotonic() < deadline, "relay stalled"
+            remaining = len(data) - delivered
+            limit = remaining if remaining and rnd.random() < 0.5 else rnd.choice(limits)
+            got = relay.step(source.near.fileno(), target.near.fileno(), max(limit, 1))
+            if got > 0:
+                delivered += got
+                assert got <= max(limit, 1)
+                assert relay.moved == delivered
+            elif got == -1:
+                select.select([source.near], [], [], 0.5)
+            elif got == -3:
+                assert relay.pending > 0
+                select.select([], [target.near], [], 0.5)
+            else:
+                assert got == 0 and relay.pending == 0
+                break
+        target.near.shutdown(socket.SHUT_WR)
+        for thread in threads:
+            thread.join(WAIT)
+        assert not any(thread.is_alive() for thread in threads)
+    relay.close()
+    with pytest.raises(ValueError):
+        relay.step(0, 0, 1)
+    return bytes(received), delivered
+
+
+@examples(40)
+@given(st.binary(min_size=0, max_size=300_000), st.sampled_from(KINDS),
+       st.lists(st.integers(1, 2 * MiB), min_size=1, max_size=4),
+       st.sampled_from([1024, 65536, 1 << 20]), st.integers(0, 2**32))
+def test_relay_moves_every_byte_in_order(data, kind, limits, read_pace, seed):
+    native_run = run_relay(native, kind, data, limits, read_pace, random.Random(seed))
+    oracle_run = run_relay(oracle, kind, data, limits, read_pace, random.Random(seed))
+    assert native_run == oracle_run == (data, len(data))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_relay_large_body_through_a_slow_reader(kind, name):
+    data = random.Random(5).randbytes(6 * MiB)
+    assert run_relay(IMPLEMENTATIONS[name], kind, data, [1 << 30], 4096,
+                     random.Random(6)) == (data, len(data))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_relay_takes_no_more_than_remaining(kind, name):
+    relay = IMPLEMENTATIONS[name].SpliceRelay()
+    with Pair(kind) as source, Pair(kind) as target:
+        source.far.sendall(b"a" * 100 + b"NEXT")
+        wait_until(lambda: pending(source.near) == 104, "the bytes to arrive")
+        assert relay.step(source.near.fileno(), target.near.fileno(), 100) == 100
+        assert pending(source.near) == 4  # what follows the body stays for its reader
+        assert relay.step(source.near.fileno(), target.near.fileno(), 0) in (0, -1)
+        assert source.near.recv(10) == b"NEXT"
+        target.far.setblocking(True)
+        got = bytearray()
+        while len(got) < 100:
+            got += target.far.recv(1000)
+        assert bytes(got) == b"a" * 100
+    relay.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_relay_nothing_yet_then_end(kind, name):
+    relay = IMPLEMENTATIONS[name].SpliceRelay()
+    with Pair(kind) as source, Pair(kind) as target:
+        assert relay.step(source.near.fileno(), target.near.fileno(), 10) == -1
+        source.far.shutdown(socket.SHUT_WR)
+        wait_readable(source.near)
+        assert relay.step(source.near.fileno(), target.near.fileno(), 10) == 0
+    relay.close()
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_relay_to_a_closed_peer_raises(name):
+    relay = IMPLEMENTATIONS[name].SpliceRelay()
+    with Pair("unix") as source, Pair("unix") as target:
+        source.far.sendall(b"x" * 1000)
+        wait_until(lambda: pending(source.near) == 1000, "the bytes to arrive")
+        target.far.close()
+        with pytest.raises(OSError):
+            for _ in range(3):
+                relay.step(source.near.fileno(), target.near.fileno(), 1000)
+    relay.close()
