@@ -64,13 +64,12 @@ cpdef long long send_file(int sock, int fd, long long offset, long long count) e
     return total
 
 
-cdef class SpliceSink:
-    """Moves bytes from a non-blocking socket into a file through a private pipe."""
+cdef class _Pipe:
+    """A private non-blocking pipe, the kernel-side buffer splice(2) needs on one side."""
 
     def __cinit__(self):
         self.pipe_r = -1
         self.pipe_w = -1
-        self.broken = False
 
     def __init__(self):
         cdef int fds[2]
@@ -81,7 +80,6 @@ cdef class SpliceSink:
         fcntl(self.pipe_w, F_SETPIPE_SZ, <int>PIPE_SIZE)
         cdef int size = fcntl(self.pipe_w, F_GETPIPE_SZ)
         self.capacity = size if size > 0 else 65536
-        self.moved = 0
 
     def __dealloc__(self):
         self._close()
@@ -96,6 +94,15 @@ cdef class SpliceSink:
 
     def close(self):
         self._close()
+
+
+cdef class SpliceSink(_Pipe):
+    """Moves bytes from a non-blocking socket into a file through a private pipe."""
+
+    def __init__(self):
+        _Pipe.__init__(self)
+        self.broken = False
+        self.moved = 0
 
     cdef int _flush(self, int fd, size_t pending) except -1:
         """Everything in the pipe goes to the file (a disk write: it may block, as write does)."""
@@ -153,40 +160,16 @@ cdef class SpliceSink:
         return total
 
 
-cdef class SpliceRelay:
+cdef class SpliceRelay(_Pipe):
     """Moves bytes from one non-blocking socket to another through a private pipe (a proxied
     answer's body: the peer's socket to the client's), never through user space. The pipe may
     hold bytes between steps, when the destination could not take them: `pending` says how
     many, and they go first at the next step."""
 
-    def __cinit__(self):
-        self.pipe_r = -1
-        self.pipe_w = -1
-
     def __init__(self):
-        cdef int fds[2]
-        if pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0:
-            _raise_errno()
-        self.pipe_r, self.pipe_w = fds[0], fds[1]
-        fcntl(self.pipe_w, F_SETPIPE_SZ, <int>PIPE_SIZE)
-        cdef int size = fcntl(self.pipe_w, F_GETPIPE_SZ)
-        self.capacity = size if size > 0 else 65536
+        _Pipe.__init__(self)
         self.pending = 0
         self.moved = 0
-
-    def __dealloc__(self):
-        self._close()
-
-    cdef void _close(self) noexcept:
-        if self.pipe_r >= 0:
-            close(self.pipe_r)
-            self.pipe_r = -1
-        if self.pipe_w >= 0:
-            close(self.pipe_w)
-            self.pipe_w = -1
-
-    def close(self):
-        self._close()
 
     cdef long long _deliver(self, int dst) except -2:
         """Pipe → `dst` until the pipe is empty or `dst` is full; the bytes delivered."""

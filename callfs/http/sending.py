@@ -67,9 +67,7 @@ class BodySender:
         except (ClientGone, asyncio.CancelledError):
             raise
         except Exception as exc:
-            log.error("download cut: the store failed mid-body",
-                      extra={"request_id": request_id, "error": str(exc), "sent": sent})
-            raise ClientGone() from None
+            raise _cut(request_id, exc, sent) from None
         return b"copy"
 
     async def _relay(self, source, count: int, request_id: str) -> None:
@@ -110,9 +108,7 @@ class BodySender:
         except (ClientGone, asyncio.CancelledError):
             raise
         except Exception as exc:
-            log.error("download cut: the store failed mid-body",
-                      extra={"request_id": request_id, "error": str(exc), "sent": sent})
-            raise ClientGone() from None
+            raise _cut(request_id, exc, sent) from None
         finally:
             relay.close()
             source.done(whole)
@@ -196,6 +192,13 @@ class BodySender:
             self.loop.remove_reader(self._dup_fd)
             os.close(self._dup_fd)
             self._dup_fd = -1
+
+
+def _cut(request_id: str, exc: Exception, sent: int) -> ClientGone:
+    """A store that failed mid-body: logged, and the connection is to be cut."""
+    log.error("download cut: the store failed mid-body",
+              extra={"request_id": request_id, "error": str(exc), "sent": sent})
+    return ClientGone()
 
 
 def _set_once(waiter: asyncio.Future) -> None:
