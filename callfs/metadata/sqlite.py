@@ -8,8 +8,10 @@ if anyone holds the lock, it goes to the thread and waits there.
 """
 import asyncio
 import os
+import random
 import sqlite3
 import threading
+import time
 from calendar import timegm
 from concurrent.futures import ThreadPoolExecutor
 
@@ -78,13 +80,31 @@ class SQLiteStore:
     def _open_sync(self) -> None:
         try:
             self._writer = self._connect()
-            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(self._writer)
             self._migrate()
             self._reader = self._connect()
             if not self._durable:
                 self._inline = self._connect(busy_timeout_ms=0)
         except sqlite3.Error as exc:
             raise errors.ServiceUnavailable(f"metadata store: {exc}") from exc
+
+    @staticmethod
+    def _use_wal(conn) -> None:
+        """Switch the database to WAL. SQLite answers "locked" at once, without waiting out
+        its busy timeout, when another connection holds the file as the switch happens (stores
+        opening together on a fresh database): that is tried again, for as long as the busy
+        timeout would have waited."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
 
     def _migrate(self) -> None:
         conn = self._writer
