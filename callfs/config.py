@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import typing
+import urllib.parse
 from typing import Any
 
 import msgspec
@@ -736,6 +737,11 @@ def unavailable(config: Config) -> str | None:
                 "use localfs or s3")
     if b.default_backend == "s3" and not b.s3_bucket_name:
         return "backend.default_backend s3 needs backend.s3_bucket_name (empty disables S3)"
+    if b.s3_bucket_name and b.s3_endpoint:
+        endpoint = urllib.parse.urlsplit(b.s3_endpoint)
+        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+            return (f"backend.s3_endpoint {b.s3_endpoint!r} is not a URL: give it as "
+                    "http://host:port or https://host:port")
     return None
 
 

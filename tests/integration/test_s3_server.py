@@ -236,6 +236,14 @@ def test_default_backend_s3_without_a_bucket_is_refused(tmp_path):
     assert "s3_bucket_name" in str(failed.value)
 
 
+@pytest.mark.parametrize("endpoint", ["minio:9000", "ftp://store:21", "http://"])
+def test_an_endpoint_that_is_not_a_url_is_refused(tmp_path, endpoint):
+    with pytest.raises(RuntimeError) as failed:
+        launch(tmp_path / "node", backend={"default_backend": "s3", "s3_bucket_name": "b",
+                                           "s3_endpoint": endpoint})
+    assert "backend.s3_endpoint" in str(failed.value) and "is not a URL" in str(failed.value)
+
+
 def test_an_outage_answers_503_quickly_and_heals(tmp_path):
     store = MotoServer()
     try:
