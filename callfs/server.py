@@ -31,6 +31,7 @@ from callfs.api.links import LinksAPI
 from callfs.api.system import SystemAPI
 from callfs.api.transfer import TransferAPI
 from callfs.backends.localfs import LocalFSBackend
+from callfs.backends.peer import PeerBackend
 from callfs.backends.s3 import S3Backend, S3Settings
 from callfs.domain import errors
 from callfs.core.engine import Engine, recover
@@ -239,6 +240,20 @@ def _build_backends(cfg) -> dict:
     return backends
 
 
+FORWARD_TIMEOUT = 30.0  # seconds a forward may wait on the owner for each piece (API.md §13.4)
+
+
+def _build_peer_readers(cfg) -> dict:
+    """How the files each peer owns are read: through its public API, with the internal
+    secret (API.md §13.4)."""
+    me = cfg.instance_discovery.instance_id
+    return {instance: PeerBackend(instance, url, secret=cfg.auth.internal_proxy_secret,
+                                  forwarded_by=me, read_timeout=FORWARD_TIMEOUT,
+                                  verify_tls=not cfg.backend.internal_proxy_skip_tls_verify)
+            for instance, url in (cfg.instance_discovery.peer_endpoints or {}).items()
+            if instance != me}
+
+
 def _build_engine(cfg, store, locks, observer=None) -> Engine:
     return Engine(
         store=store, locks=locks, backends=_build_backends(cfg),
@@ -249,6 +264,7 @@ def _build_engine(cfg, store, locks, observer=None) -> Engine:
         file_mode=cfg.auth.default_file_mode,
         dir_mode=cfg.auth.default_dir_mode,
         peers=(cfg.instance_discovery.peer_endpoints or {}).keys(),
+        peer_readers=_build_peer_readers(cfg),
         rules=Rules(cfg.auth.permission_model, accounts_of(cfg)),
         observer=observer,
     )

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 
 from callfs.backends.base import Capability
 from callfs.backends.s3wire import S3Client
+from callfs.backends.streamed import StreamedReadHandle
 from callfs.domain import errors
 
 log = logging.getLogger("callfs.s3")
 
-READ_PIECE = 4 * 1024 * 1024  # bytes at most per piece of an object's body handed on
 PARTS_IN_FLIGHT = 3  # parts of one upload sent at once
 MIN_PART = 5 * 1024 ** 2  # S3's smallest part (all but the last)
 MAX_PART = 5 * 1024 ** 3
@@ -89,58 +89,24 @@ class S3Settings:
         return extra
 
 
-class S3ReadHandle:
-    """An object of a known size and ETag; no descriptor (`fd` -1): its bytes are streamed."""
-
-    __slots__ = ("backend", "key", "size", "etag", "mtime_ns", "fd", "_body")
+class S3ReadHandle(StreamedReadHandle):
+    """An object of a known size and ETag; its bytes are streamed (see streamed.py)."""
 
     def __init__(self, backend: "S3Backend", key: str, size: int, etag: str, body=None):
+        super().__init__(size, etag, body)
         self.backend = backend
         self.key = key
-        self.size = size
-        self.etag = etag
-        self.mtime_ns = None  # S3 keeps no stamp CallFS sets: the metadata is the truth
-        self.fd = -1
-        self._body = body  # the opening GET's body: the whole object, as it was then
 
-    async def chunks(self, offset: int, length: int, piece: int = READ_PIECE):
-        if length <= 0:
-            return
-        s3 = self.backend.s3
-        body, self._body = self._body, None
-        if body is None or offset != 0 or length != self.size:
-            if body is not None:
-                body.close()
-            # Another part of the object, or a second read: a ranged GET of the version
-            # opened (a newer one fails it rather than mixing into the answer).
-            answer = await s3.call("get_object", Bucket=self.backend.bucket, Key=self.key,
-                                   Range=f"bytes={offset}-{offset + length - 1}",
-                                   IfMatch=self.etag)
-            body = answer["Body"]
-        # What has come, as it comes: the connection reads ahead up to its buffer's bound
-        # while the client takes this, and waits for the client beyond it.
-        left = length
-        try:
-            while left > 0:
-                data = await body.read_some(min(piece, left))
-                if not data:
-                    raise OSError(f"S3 ended {self.key} {left} bytes early")
-                left -= len(data)
-                yield data
-        finally:
-            body.close()
+    @property
+    def what(self) -> str:
+        return f"S3 object {self.key}"
 
-    def socket_body(self, offset: int, length: int):
-        """The whole object, from the opening GET's socket (a plain-HTTP store): the HTTP
-        layer splices it to the client. None for a range, over TLS, or once read."""
-        if self._body is None or offset != 0 or length != self.size or length == 0:
-            return None
-        return self._body.detach()
-
-    def close(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
+    async def _ranged(self, offset: int, length: int):
+        answer = await self.backend.s3.call("get_object", Bucket=self.backend.bucket,
+                                            Key=self.key,
+                                            Range=f"bytes={offset}-{offset + length - 1}",
+                                            IfMatch=self.etag)
+        return answer["Body"]
 
 
 class S3CopySource:

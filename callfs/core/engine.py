@@ -20,7 +20,7 @@ from callfs._native.pathnorm import split_parent
 from callfs.core import moves
 from callfs.domain.observer import Observer, Silent
 from callfs.core.permissions import Principal, Rules
-from callfs.domain import errors
+from callfs.domain import errors, forwarding
 from callfs.domain.model import (DIRECTORY, FILE, ROOT, Attributes, Content, Inode, NewInode,
                                  now_ns)
 from callfs.locks.base import dir_key, file_key
@@ -56,7 +56,8 @@ class Engine:
     def __init__(self, *, store, locks, backends: dict, default_backend: str, instance_id: str,
                  file_op_timeout: float | None, metadata_op_timeout: float | None,
                  file_mode: int = 0o644, dir_mode: int = 0o755, peers=(),
-                 rules: Rules | None = None, observer: Observer | None = None):
+                 peer_readers: dict | None = None, rules: Rules | None = None,
+                 observer: Observer | None = None):
         self.observer = observer if observer is not None else Silent()
         self.store = store
         self.locks = locks
@@ -69,6 +70,8 @@ class Engine:
         self.file_mode = file_mode
         self.dir_mode = dir_mode
         self.peers = frozenset(peers)  # instance ids this node knows the address of
+        # Instance id -> how the files it owns are read (backends/peer.py).
+        self.peer_readers = dict(peer_readers or {})
         self.rules = rules if rules is not None else Rules()
 
     # -- lookups -----------------------------------------------------------------------------
@@ -115,6 +118,28 @@ class Engine:
     def backend_for(self, inode: Inode):
         return self.backend_named(inode.backend)
 
+    def _reader_for(self, inode: Inode):
+        """Where a file's bytes are read: its backend, or, for a local-disk file another
+        instance owns, that instance (API.md §13.2). A request forwarded here for an entry
+        this instance does not own goes no further (domain/forwarding.py)."""
+        owner = inode.instance_id
+        if owner is None or owner == self.instance_id:
+            return self.backend_for(inode)
+        return self._peer_for(inode)
+
+    def _peer_for(self, inode: Inode):
+        """The instance that holds `inode` on its disk, to forward to (backends/peer.py)."""
+        owner = inode.instance_id
+        if forwarding.forwarded_by.get() is not None:
+            raise errors.PeerUnavailable(
+                f"{inode.path} was forwarded here by {forwarding.forwarded_by.get()}, but "
+                f"the metadata says {owner} holds it: not forwarded again")
+        peer = self.peer_readers.get(owner)
+        if peer is None:
+            raise errors.PeerUnavailable(f"{inode.path} is held by {owner}, and no endpoint "
+                                         f"is configured for it")
+        return peer
+
     async def open_file(self, who: Principal, inode: Inode, *, read: bool = True,
                         permission: bool = True):
         """A read handle (size, stamp, bytes) for a file: NotFound when nothing is at its
@@ -124,13 +149,16 @@ class Engine:
         backend, which the right to move the entry allows)."""
         if read and permission:
             self.check_read(who, inode)
-        backend = self.backend_for(inode)
+        backend = self._reader_for(inode)
         if self.lock_timeout is None or Capability.LOCAL in backend.capabilities:
             return await backend.open_read(inode.path, content=read)  # never waits long
         try:
             return await asyncio.wait_for(backend.open_read(inode.path, content=read),
                                           self.lock_timeout)
         except TimeoutError:
+            if inode.instance_id not in (None, self.instance_id):
+                raise errors.PeerTimedOut(f"{inode.instance_id} did not answer for "
+                                          f"{inode.path} in time") from None
             raise errors.ServiceUnavailable("the backend did not open the file in time") from None
 
     async def open_current(self, who: Principal, inode: Inode, *, read: bool = True,
@@ -564,6 +592,11 @@ class Engine:
         inode = await self._removable(who, path)
         if check is not None:
             check(inode)
+        if inode.type == FILE and inode.instance_id not in (None, self.instance_id):
+            # Its bytes are on another instance's disk: that instance deletes the file (its
+            # bytes and its record), once this one has allowed it (API.md §13.2).
+            await self._peer_for(inode).delete(path)
+            return
         key = dir_key(path) if inode.type == DIRECTORY else file_key(path)
         async with self.locks.hold([key], self.lock_timeout):
             inode = await self._removable(who, path)

@@ -91,6 +91,18 @@ class InternalError(CallFSError):
     pass
 
 
+class PeerUnavailable(CallFSError):
+    """The instance that owns an entry could not be reached, or failed a forwarded request
+    (API.md §13.2); the instance's message, for the log, says which and how."""
+
+    status, code = 502, "PEER_UNAVAILABLE"
+    message = "the instance that holds the file is unavailable"
+
+
+class PeerTimedOut(PeerUnavailable):
+    status = 504
+
+
 class BytesMissing(NotFound):
     """A file the metadata records has no bytes in storage (API.md §9.1: 404): answered as a
     missing file, and logged, since only a change behind the server's back does that."""

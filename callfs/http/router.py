@@ -8,7 +8,8 @@ import orjson
 
 from callfs._native.httphead import client_request_id, random_id
 from callfs._native.pathnorm import MalformedURL, PathError, normalize_url_path
-from callfs.domain import errors
+from callfs.core.permissions import INTERNAL_USER
+from callfs.domain import errors, forwarding
 from callfs.domain.errors import CallFSError, ClientGone
 from callfs.http.response import JSON, Response, header_lines, text_response
 from callfs.http.ratelimit import DOWNLOAD, LINKS_GENERATE, peer_ip, too_many
@@ -35,6 +36,7 @@ _NOT_FOUND = "404 page not found\n"
 _FILES, _FILES_SLASH = b"/v1/files", b"/v1/files/"
 _WS = b"/v1/files/ws/"
 _DIRS, _DIRS_SLASH = b"/v1/directories", b"/v1/directories/"
+_FORWARDED_BY = forwarding.FORWARDED_BY.lower().encode()
 _LINKS_GENERATE = b"/v1/links/generate"
 _DOWNLOAD = b"/download/"
 _ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")  # a malformed percent escape
@@ -62,6 +64,7 @@ def take_request_id(request) -> None:
     else:
         request.request_id = random_id().decode()
     structured.request_id.set(request.request_id)
+    forwarding.forwarded_by.set(None)  # until the request proves it was forwarded
 
 
 def with_common_headers(request, response: Response) -> Response:
@@ -155,6 +158,10 @@ class Router:
                         extra={"peer": peer_ip(request) or "-", "reason": reason,
                                "route": request.route})
             raise errors.AuthenticationFailed()
+        if principal.user == INTERNAL_USER:
+            forwarder = request.headers.get(_FORWARDED_BY)
+            if forwarder:
+                forwarding.forwarded_by.set(forwarder.decode("latin-1"))
         return principal
 
     async def _v1(self, request, raw: bytes, method: bytes) -> Response:
