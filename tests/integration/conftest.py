@@ -3,6 +3,7 @@
 One server per test session serves most tests; each test works below its own directory
 (`ns`). Tests that need other settings (timeouts, workers) start their own with `launch`.
 """
+import hashlib
 import http.client
 import json
 import os
@@ -404,6 +405,18 @@ def launcher(tmp_path):
 
 def random_bytes(size: int) -> bytes:
     return secrets.token_bytes(size)
+
+
+def read_hashed(response, piece: int = 1024 * 1024) -> tuple[int, bytes]:
+    """Read a response body to its end a piece at a time: (bytes read, their SHA-256)."""
+    digest = hashlib.sha256()
+    got = 0
+    while True:
+        data = response.read(piece)
+        if not data:
+            return got, digest.digest()
+        got += len(data)
+        digest.update(data)
 
 
 class RssWatch:

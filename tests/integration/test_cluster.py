@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import INTERNAL_SECRET, KEYS, SERVICES_UP, RssWatch, free_port, launch
+from conftest import (INTERNAL_SECRET, KEYS, SERVICES_UP, RssWatch, free_port, launch,
+                      read_hashed)
 
 pytestmark = pytest.mark.skipif(not SERVICES_UP, reason="PostgreSQL and Redis on loopback are "
                                 "needed (ci/services.sh)")
@@ -133,16 +134,9 @@ def test_a_large_file_goes_through_in_bounded_memory_socket_to_socket(cluster, n
     conn = reader.connect(timeout=120)
     with RssWatch(reader) as watch:
         conn.request("GET", url(f"{ns}/big"), headers={"Authorization": f"Bearer {KEYS['alice']}"})
-        response = conn.getresponse()
-        digest, got = hashlib.sha256(), 0
-        while True:
-            piece = response.read(MIB)
-            if not piece:
-                break
-            got += len(piece)
-            digest.update(piece)
+        got, digest = read_hashed(conn.getresponse())
     conn.close()
-    assert got == size and digest.digest() == expected.digest()
+    assert got == size and digest == expected.digest()
     print(f"\n200 MiB through a non-owner: RSS +{watch.growth_mib:.1f} MiB")
     assert watch.growth_mib < 20, watch.growth_mib
     lines = eventually(lambda: [line for line in reader.log().splitlines()

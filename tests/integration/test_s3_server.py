@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import RssWatch, launch, s3_sections
+from conftest import RssWatch, launch, read_hashed, s3_sections
 from s3store import MotoServer
 
 MIB = 1024 * 1024
@@ -124,24 +124,16 @@ def test_large_transfers_stream_both_ways_in_bounded_memory(s3_node, moto, size)
         response = conn.getresponse()
         response.read()
     assert response.status == 201
-    digest = hashlib.sha256()
     with RssWatch(srv) as down:
         conn.request("GET", url("/big.bin"),
                      headers={"Authorization": "Bearer alice-key-0123456789abcdef"})
-        response = conn.getresponse()
-        got = 0
-        while True:
-            piece = response.read(MIB)
-            if not piece:
-                break
-            got += len(piece)
-            digest.update(piece)
+        got, digest = read_hashed(conn.getresponse())
     conn.close()
     assert got == size
     expected = hashlib.sha256()
     for piece in Stream(size):
         expected.update(piece)
-    assert digest.digest() == expected.digest()
+    assert digest == expected.digest()
     print(f"\n{size // MIB} MiB through S3: RSS up +{up.growth_mib:.1f} MiB, "
           f"down +{down.growth_mib:.1f} MiB")
     assert up.growth_mib < 50 and down.growth_mib < 20, (up.growth_mib, down.growth_mib)
