@@ -81,6 +81,26 @@ async def send_parts(send_part, size: int, part: int) -> list[tuple[int, str]]:
     return list(await asyncio.gather(*(one(n, length) for n, length in enumerate(lengths, 1))))
 
 
+async def multipart_upload(transport, key: str, size: int, part: int, block: bytes) -> str:
+    """A multipart upload of `size` bytes (copies of `block`) through `transport.call`,
+    in parts of `part` bytes; the object's ETag."""
+    bucket = transport.bucket
+    created = await transport.call("create_multipart_upload", Bucket=bucket, Key=key)
+    upload_id = created["UploadId"]
+
+    async def send_part(number: int, length: int) -> str:
+        answer = await transport.call("upload_part", Bucket=bucket, Key=key,
+                                      UploadId=upload_id, PartNumber=number,
+                                      Body=block if length == len(block) else block[:length])
+        return answer["ETag"]
+
+    parts = await send_parts(send_part, size, part)
+    done = await transport.call(
+        "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
+    return done["ETag"]
+
+
 class ExecutorTransport:
     """The previous transport: botocore's client, its blocking calls on a thread pool."""
 
@@ -163,20 +183,7 @@ class ExecutorTransport:
         return b"".join([data async for data in self.chunks(key)])
 
     async def upload(self, key: str, size: int, part: int, block: bytes) -> str:
-        created = await self.call("create_multipart_upload", Bucket=self.bucket, Key=key)
-        upload_id = created["UploadId"]
-
-        async def send_part(number: int, length: int) -> str:
-            answer = await self.call("upload_part", Bucket=self.bucket, Key=key,
-                                     UploadId=upload_id, PartNumber=number,
-                                     Body=block if length == len(block) else block[:length])
-            return answer["ETag"]
-
-        parts = await send_parts(send_part, size, part)
-        done = await self.call(
-            "complete_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
-        return done["ETag"]
+        return await multipart_upload(self, key, size, part, block)
 
     def connections(self) -> int:
         return self.connects
@@ -214,20 +221,7 @@ class OwnTransport:
         return b"".join([data async for data in handle.chunks(0, handle.size)])
 
     async def upload(self, key: str, size: int, part: int, block: bytes) -> str:
-        created = await self.call("create_multipart_upload", Bucket=self.bucket, Key=key)
-        upload_id = created["UploadId"]
-
-        async def send_part(number: int, length: int) -> str:
-            answer = await self.call("upload_part", Bucket=self.bucket, Key=key,
-                                     UploadId=upload_id, PartNumber=number,
-                                     Body=block if length == len(block) else block[:length])
-            return answer["ETag"]
-
-        parts = await send_parts(send_part, size, part)
-        done = await self.call(
-            "complete_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]})
-        return done["ETag"]
+        return await multipart_upload(self, key, size, part, block)
 
     def connections(self) -> int:
         http = self.backend.s3._http

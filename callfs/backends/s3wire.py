@@ -118,7 +118,6 @@ class S3Client:
         self._http = None
         self._pid = -1
         self._credentials = None
-        self._frozen = None
         self._auth = None
 
     def _ready(self) -> HttpClient:
@@ -147,8 +146,8 @@ class S3Client:
                 self._credentials = found
         refresh = getattr(self._credentials, "refresh_needed", None)
         if self._auth is None or (refresh is not None and refresh()):
-            self._frozen = await asyncio.to_thread(self._credentials.get_frozen_credentials)
-            self._auth = _UnsignedPayloadAuth(Credentials(*self._frozen[:3]), "s3",
+            frozen = await asyncio.to_thread(self._credentials.get_frozen_credentials)
+            self._auth = _UnsignedPayloadAuth(Credentials(*frozen[:3]), "s3",
                                               self.settings.region)
         return self._auth
 
@@ -191,12 +190,10 @@ class S3Client:
                             url=f"{'https' if self.tls else 'http'}://{netloc}{target}",
                             headers=headers)
         (await self._signer()).add_auth(signed)
-        body = request["body"]
+        # (An empty body announces no length on a GET, HEAD or DELETE: http/client.py.)
         response = await http.request(request["method"], host, self.port, target,
                                       headers=list(signed.headers.items()),
-                                      body=body if body else (b"" if request["method"] in
-                                                              ("PUT", "POST") else None),
-                                      tls=self.tls)
+                                      body=request["body"], tls=self.tls)
         status = response.status
         if op.name in _STREAMED and status < 300:
             parsed = self._parse(op, status, response.headers, b"")
@@ -245,8 +242,7 @@ class S3Client:
     def close(self) -> None:
         http, self._http = self._http, None
         if http is not None and self._pid == os.getpid():
-            for conn in list(http._all):
-                conn.close()
+            http.close_connections()
         self._pid = -1
 
 

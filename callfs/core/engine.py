@@ -122,10 +122,11 @@ class Engine:
         """Where a file's bytes are read: its backend, or, for a local-disk file another
         instance owns, that instance (API.md §13.2). A request forwarded here for an entry
         this instance does not own goes no further (domain/forwarding.py)."""
-        owner = inode.instance_id
-        if owner is None or owner == self.instance_id:
-            return self.backend_for(inode)
-        return self._peer_for(inode)
+        return self._peer_for(inode) if self._held_elsewhere(inode) else self.backend_for(inode)
+
+    def _held_elsewhere(self, inode: Inode) -> bool:
+        """The entry's bytes are on another instance's disk."""
+        return inode.instance_id not in (None, self.instance_id)
 
     def _peer_for(self, inode: Inode):
         """The instance that holds `inode` on its disk, to forward to (backends/peer.py)."""
@@ -156,7 +157,7 @@ class Engine:
             return await asyncio.wait_for(backend.open_read(inode.path, content=read),
                                           self.lock_timeout)
         except TimeoutError:
-            if inode.instance_id not in (None, self.instance_id):
+            if self._held_elsewhere(inode):
                 raise errors.PeerTimedOut(f"{inode.instance_id} did not answer for "
                                           f"{inode.path} in time") from None
             raise errors.ServiceUnavailable("the backend did not open the file in time") from None
@@ -592,7 +593,7 @@ class Engine:
         inode = await self._removable(who, path)
         if check is not None:
             check(inode)
-        if inode.type == FILE and inode.instance_id not in (None, self.instance_id):
+        if inode.type == FILE and self._held_elsewhere(inode):
             # Its bytes are on another instance's disk: that instance deletes the file (its
             # bytes and its record), once this one has allowed it (API.md §13.2).
             await self._peer_for(inode).delete(path)

@@ -25,7 +25,6 @@ import asyncio
 import collections
 import os
 import ssl as ssl_module
-from collections.abc import AsyncIterable
 
 import httptools
 
@@ -163,7 +162,6 @@ class _Connection(asyncio.Protocol):
     def _begin(self, head_only: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
-        self._header_name = b""
         self._headers: list[tuple[str, str]] = []
         self._head: asyncio.Future = self._loop.create_future()
         self._pieces: collections.deque = collections.deque()
@@ -171,7 +169,6 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._complete = False
         self._keep_alive = False
-        self._started = False  # a byte of the answer came
         self._reading_paused = False
         self._received = 0  # body bytes parsed
         self._detached = False  # the caller reads the rest of the body from the socket
@@ -182,7 +179,6 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._started = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -223,7 +219,6 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name:
-            self._header_name = name
             self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
         elif self._headers:  # a value continued in a second call
             key, previous = self._headers[-1]
@@ -313,10 +308,7 @@ class _Connection(asyncio.Protocol):
             self._waiter = self._loop.create_future()
             await self._timed(self._waiter)
         piece = self._pieces.popleft()
-        self._buffered -= len(piece)
-        if self._reading_paused and self._buffered <= BUFFER_LOW:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._consumed(len(piece))
         return piece
 
     async def take(self, limit: int) -> bytes:
@@ -335,11 +327,15 @@ class _Connection(asyncio.Protocol):
             piece = pieces.popleft()
             size += len(piece)
             parts.append(piece)
-        self._buffered -= size - len(first)
+        self._consumed(size - len(first))
+        return b"".join(parts)
+
+    def _consumed(self, count: int) -> None:
+        """`count` buffered bytes were taken: the socket is read again once few are left."""
+        self._buffered -= count
         if self._reading_paused and self._buffered <= BUFFER_LOW:
             self._reading_paused = False
             self.transport.resume_reading()
-        return b"".join(parts)
 
     async def _timed(self, future):
         try:
@@ -511,8 +507,12 @@ class HttpClient:
             except ValueError:
                 pass
 
-    async def close(self) -> None:
+    def close_connections(self) -> None:
+        """Close every connection, idle or busy (a busy one's request fails)."""
         for conn in list(self._all):
             conn.close()
         self._idle.clear()
+
+    async def close(self) -> None:
+        self.close_connections()
         await asyncio.sleep(0)  # the transports' close callbacks run

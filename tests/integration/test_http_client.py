@@ -353,3 +353,31 @@ def test_a_chunked_body_is_not_handed_over():
         run(scenario())
     finally:
         peer.stop()
+
+
+def test_read_some_hands_out_no_more_than_asked():
+    def answer(conn, head):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world")
+
+    peer = Peer(answer)
+
+    async def scenario():
+        client = HttpClient()
+        response = await client.request("GET", "127.0.0.1", peer.port, "/")
+        got = []
+        while True:
+            piece = await response.read_some(3)
+            if not piece:
+                break
+            assert len(piece) <= 3
+            got.append(piece)
+        assert b"".join(got) == b"hello world"
+        response = await client.request("GET", "127.0.0.1", peer.port, "/")
+        assert await response.read() == b"hello world"
+        assert client.opened == 1  # read to its end piece by piece, it went back to the pool
+        await client.close()
+
+    try:
+        run(scenario())
+    finally:
+        peer.stop()
